@@ -1,0 +1,128 @@
+"""Tokenizers: a sentencepiece model (trained from task text when none is given) and a fixed alphabet.
+
+Every tokenizer exposes the same small surface, used by pipelines, generation and tasks:
+
+  encode(text) -> list[int]     ids without BOS/EOS
+  decode(ids)  -> str           stops at nothing; pad/bos/eos ids are dropped
+  pad_id, bos_id, eos_id, vocab_size
+
+Special ids are fixed across both kinds: pad = 0, bos = 1, eos = 2.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Iterable, Protocol, Sequence
+
+import sentencepiece as spm
+
+PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+
+
+class Tokenizer(Protocol):
+  pad_id: int
+  bos_id: int
+  eos_id: int
+  vocab_size: int
+
+  def encode(self, text: str) -> list[int]:
+    ...
+
+  def decode(self, ids: Sequence[int]) -> str:
+    ...
+
+
+class SentencePieceTokenizer:
+  """Wraps a `sentencepiece` model with pad=0, bos=1, eos=2, unk=3."""
+
+  def __init__(self, model_proto: bytes):
+    self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    self.model_proto = model_proto
+    for name, want in (("pad", PAD_ID), ("bos", BOS_ID), ("eos", EOS_ID)):
+      got = getattr(self._sp, f"{name}_id")()
+      if got != want:
+        raise ValueError(
+            f"sentencepiece model has {name}_id={got}; rlhf_jax expects {name}_id={want} "
+            "(train with pad_id=0, bos_id=1, eos_id=2, unk_id=3)")
+    self.pad_id, self.bos_id, self.eos_id = PAD_ID, BOS_ID, EOS_ID
+    self.vocab_size = self._sp.get_piece_size()
+
+  @classmethod
+  def load(cls, path: str) -> "SentencePieceTokenizer":
+    with open(path, "rb") as f:
+      return cls(f.read())
+
+  def save(self, path: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+      f.write(self.model_proto)
+    os.replace(tmp, path)
+
+  def encode(self, text: str) -> list[int]:
+    return list(self._sp.encode(text))
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self._sp.decode([int(i) for i in ids if int(i) not in (PAD_ID, BOS_ID, EOS_ID)])
+
+
+def train_sentencepiece(texts: Iterable[str], *, vocab_size: int,
+                        model_type: str = "bpe") -> SentencePieceTokenizer:
+  """Trains a sentencepiece model on `texts` with an exact encode/decode round trip.
+
+  Identity normalisation, no dummy prefix, whitespace kept and byte fallback make
+  `decode(encode(t)) == t` for any UTF-8 text, including characters never seen in training.
+  Digits are split so numbers tokenize one digit per piece (arithmetic tasks rely on this).
+  """
+  buf = io.BytesIO()
+  texts = [t for t in texts if t]
+  if not texts:
+    raise ValueError("train_sentencepiece: no non-empty training text given")
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(texts), model_writer=buf, vocab_size=vocab_size,
+      model_type=model_type, pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID, unk_id=UNK_ID,
+      normalization_rule_name="identity", add_dummy_prefix=False,
+      remove_extra_whitespaces=False, split_digits=True, byte_fallback=True,
+      allow_whitespace_only_pieces=True, hard_vocab_limit=False,
+      character_coverage=1.0, max_sentence_length=1 << 16, num_threads=1,
+      minloglevel=2)
+  return SentencePieceTokenizer(buf.getvalue())
+
+
+def load_or_train(path: str, texts_fn, *, vocab_size: int) -> SentencePieceTokenizer:
+  """Loads the model at `path`; if absent, trains one from `texts_fn()` and caches it there."""
+  if os.path.exists(path):
+    return SentencePieceTokenizer.load(path)
+  tok = train_sentencepiece(texts_fn(), vocab_size=vocab_size)
+  tok.save(path)
+  return tok
+
+
+class CharTokenizer:
+  """One id per character of a fixed alphabet, after pad/bos/eos; for enumerable toy worlds.
+
+  With a k-letter alphabet the vocabulary is k + 3, so every completion of length L can be
+  enumerated (there are (k+1)^L sequences counting EOS).
+  """
+
+  def __init__(self, alphabet: str):
+    if len(set(alphabet)) != len(alphabet) or not alphabet:
+      raise ValueError(f"CharTokenizer alphabet must be non-empty and unique, got {alphabet!r}")
+    self.alphabet = alphabet
+    self.pad_id, self.bos_id, self.eos_id = PAD_ID, BOS_ID, EOS_ID
+    self._offset = 3
+    self.vocab_size = len(alphabet) + self._offset
+    self._index = {c: i + self._offset for i, c in enumerate(alphabet)}
+
+  def encode(self, text: str) -> list[int]:
+    try:
+      return [self._index[c] for c in text]
+    except KeyError as e:
+      raise ValueError(
+          f"CharTokenizer: character {e.args[0]!r} in {text!r} is not in the alphabet "
+          f"{self.alphabet!r}") from None
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return "".join(self.alphabet[int(i) - self._offset] for i in ids
+                   if int(i) >= self._offset)

@@ -1,0 +1,38 @@
+"""Shared config defaults: every config file in configs/ starts from `base_config()`."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from rlhf_jax.parallel.sharding import DEFAULT_RULES
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.stage = "sft"
+  c.seed = 0
+
+  c.task = ml_collections.ConfigDict({"name": "arithmetic",
+                                      "params": ml_collections.ConfigDict({"max_operand": 99})})
+  c.tokenizer = ml_collections.ConfigDict({"kind": "sentencepiece", "path": "", "vocab_size": 320})
+  c.data = ml_collections.ConfigDict({
+      "data_dir": "",            # default: <workdir>/data
+      "prompt_len": 12,
+      "completion_len": 6,
+      "batch_size": 64,           # global batch, split over processes and the data axes
+      "overlong": "error",        # error | truncate | drop
+  })
+  c.model = ml_collections.ConfigDict({"preset": "tiny", "dtype": "float32"})
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  c.logical_axis_rules = tuple((name, target) for name, target in DEFAULT_RULES)
+  c.optimizer = ml_collections.ConfigDict({
+      "name": "adamw", "lr": 3e-3, "schedule": "cosine", "warmup_steps": 20,
+      "end_lr_fraction": 0.1, "weight_decay": 0.0, "b1": 0.9, "b2": 0.95, "eps": 1e-8,
+      "grad_clip": 1.0})
+  c.train = ml_collections.ConfigDict({
+      "num_steps": 300, "log_every": 25, "eval_every": 100, "eval_examples": 512,
+      "checkpoint_every": 100, "keep_checkpoints": 2, "tensorboard": True,
+      # > 0: stop (checkpointed) after this step, as a preemption would; the schedule still
+      # follows num_steps, so a later run resumes exactly where this one stopped.
+      "stop_at_step": 0})
+  return c

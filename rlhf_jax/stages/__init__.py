@@ -1,0 +1,17 @@
+"""Stages: thin wiring of a config to the training loop, selected by `config.stage`."""
+
+from __future__ import annotations
+
+import importlib
+
+# Name -> module with `run(config, workdir)`; imported lazily so a stage's dependencies load
+# only when it runs.
+STAGES = {
+    "sft": "rlhf_jax.stages.sft",
+}
+
+
+def get_stage(name: str):
+  if name not in STAGES:
+    raise ValueError(f"unknown stage {name!r}; valid stages: {sorted(STAGES)}")
+  return importlib.import_module(STAGES[name])

@@ -1,0 +1,1 @@
+"""Toy worlds: prompts, demonstrations, gold rewards and verifiers, generated procedurally."""
