@@ -24,6 +24,9 @@ def base_config() -> ml_collections.ConfigDict:
   })
   c.model = ml_collections.ConfigDict({"preset": "tiny", "dtype": "float32"})
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  # Multi-host: see parallel/distributed.py (environment variables override these).
+  c.distributed = ml_collections.ConfigDict({"enabled": False, "coordinator_address": "",
+                                             "num_processes": 0, "process_id": -1})
   c.logical_axis_rules = tuple((name, target) for name, target in DEFAULT_RULES)
   c.optimizer = ml_collections.ConfigDict({
       "name": "adamw", "lr": 3e-3, "schedule": "cosine", "warmup_steps": 20,

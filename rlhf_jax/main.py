@@ -22,6 +22,8 @@ def parse_args(argv):
 
 def run(config, workdir: str):
   from rlhf_jax import stages  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.parallel import distributed  # pylint: disable=g-import-not-at-top
+  distributed.initialize(config)
   return stages.get_stage(config.stage).run(config, workdir)
 
 

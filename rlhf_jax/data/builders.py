@@ -93,6 +93,7 @@ class ToyTask(tfds.core.GeneratorBasedBuilder):
 def load_split(task_name: str, kind: str, split: str, *, data_dir: str,
                task_params: dict | None = None):
   """Prepares (once) and returns the split as a random-access TFDS data source of dicts."""
+  tfds.disable_progress_bar()
   builder = ToyTask(task_name=task_name, kind=kind, task_params=task_params, data_dir=data_dir)
   builder.download_and_prepare()
   logging.info("toy_task %s/%s: %s", builder.builder_config.name, split,

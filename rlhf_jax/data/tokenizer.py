@@ -85,7 +85,10 @@ def train_sentencepiece(texts: Iterable[str], *, vocab_size: int,
       normalization_rule_name="identity", add_dummy_prefix=False,
       remove_extra_whitespaces=False, split_digits=True, byte_fallback=True,
       allow_whitespace_only_pieces=True, hard_vocab_limit=False,
-      character_coverage=1.0, max_sentence_length=1 << 16, num_threads=1,
+      # The whitespace marker is always a piece, so spaces round-trip even when the training
+      # text has none (as a byte-fallback piece it would decode to a literal "\u2581").
+      character_coverage=1.0, required_chars="\u2581", max_sentence_length=1 << 16,
+      num_threads=1,
       minloglevel=2)
   return SentencePieceTokenizer(buf.getvalue())
 

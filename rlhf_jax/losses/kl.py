@@ -29,8 +29,9 @@ def kl_penalty(logp_BxT: jax.Array, ref_logp_BxT: jax.Array, *, estimator: str) 
     .. math::
         k1 = \delta_t, \qquad k2 = \tfrac12\delta_t^2, \qquad k3 = e^{-\delta_t} + \delta_t - 1
 
-    See the module docstring for bias/variance (Schulman 2020). Gradients flow into both arguments; stop the
-    reference upstream. Mask and reduce the result with `aggregate_loss` / `masked_mean`.
+    See the module docstring for bias/variance (Schulman 2020). The reference is a constant (stop-gradient);
+    gradients flow into `logp_BxT`, so `beta * k3` can be added to a GRPO loss. Mask and reduce the result
+    with `aggregate_loss` / `masked_mean`.
 
     Args:
       logp_BxT: [B, T] log-probs of the sampled tokens under the policy (any shape works if both match).
@@ -43,7 +44,7 @@ def kl_penalty(logp_BxT: jax.Array, ref_logp_BxT: jax.Array, *, estimator: str) 
     fn = "kl_penalty"
     _checks.check_choice(fn, "estimator", estimator, KL_ESTIMATORS)
     _checks.check_same_shape(fn, logp_BxT=logp_BxT, ref_logp_BxT=ref_logp_BxT)
-    delta = _checks.as_float(logp_BxT) - _checks.as_float(ref_logp_BxT)
+    delta = _checks.as_float(logp_BxT) - jax.lax.stop_gradient(_checks.as_float(ref_logp_BxT))
     if estimator == "k1":
         return delta
     if estimator == "k2":
@@ -53,8 +54,8 @@ def kl_penalty(logp_BxT: jax.Array, ref_logp_BxT: jax.Array, *, estimator: str) 
 
 
 def kl_shaped_rewards(scores_B: jax.Array, logp_BxT: jax.Array, ref_logp_BxT: jax.Array,
-                      mask_BxT: jax.Array, *, beta: float | jax.Array, estimator: str = "k1",
-                      has_eos_B: jax.Array | None = None,
+                      mask_BxT: jax.Array, has_eos_B: jax.Array | None = None, *,
+                      beta: float | jax.Array, estimator: str = "k1",
                       missing_eos_penalty: float | None = None) -> jax.Array:
     r"""Per-token rewards for PPO-style RLHF: a KL penalty on every token plus the score at the end.
 
@@ -66,16 +67,16 @@ def kl_shaped_rewards(scores_B: jax.Array, logp_BxT: jax.Array, ref_logp_BxT: ja
     :math:`p` the optional `missing_eos_penalty` applied to completions that did not emit EOS (truncated).
     This is the reward of Ziegler et al. 2019 / Stiennon et al. 2020 / Ouyang et al. 2022 as implemented in
     TRL's PPO trainer (`kl_coef`, `missing_eos_penalty`, `kl_estimator` in {k1, k3}). Use the sampling-time
-    log-probs for `logp_BxT`; the result carries no gradient (it is a reward).
+    log-probs for `logp_BxT`; the result carries no gradient (it is a reward). Pass it to `gae`.
 
     Args:
       scores_B: [B] sequence-level scores.
       logp_BxT: [B, T] policy log-probs of the completion tokens.
       ref_logp_BxT: [B, T] reference log-probs of the same tokens.
       mask_BxT: [B, T] right-padded completion mask.
+      has_eos_B: optional [B] bool, True where the completion ended with EOS.
       beta: KL coefficient (scalar; may be a traced value from an adaptive KL controller).
       estimator: "k1" (TRL default), "k2" or "k3".
-      has_eos_B: optional [B] bool, True where the completion ended with EOS.
       missing_eos_penalty: optional penalty subtracted from the score where `has_eos_B` is False.
 
     Returns:

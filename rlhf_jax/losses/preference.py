@@ -94,7 +94,7 @@ def dpo_loss(policy_chosen_logps: jax.Array, policy_rejected_logps: jax.Array,
     Args:
       policy_chosen_logps: [B] log pi_theta(y_w | x), summed over completion tokens.
       policy_rejected_logps: [B] log pi_theta(y_l | x).
-      ref_chosen_logps: [B] log pi_ref(y_w | x) (no gradient flows into it; stop it upstream or here).
+      ref_chosen_logps: [B] log pi_ref(y_w | x) (treated as a constant: no gradient flows into it).
       ref_rejected_logps: [B] log pi_ref(y_l | x).
       beta: inverse temperature / KL strength (> 0), typically 0.1.
       variant: one of `DPO_VARIANTS`.
@@ -123,7 +123,8 @@ def dpo_loss(policy_chosen_logps: jax.Array, policy_rejected_logps: jax.Array,
                          f"it is used only by {', '.join(repr(v) for v in _SMOOTHED_VARIANTS)}.")
 
     pi_w, pi_l = _checks.as_float(policy_chosen_logps), _checks.as_float(policy_rejected_logps)
-    ref_w, ref_l = _checks.as_float(ref_chosen_logps), _checks.as_float(ref_rejected_logps)
+    ref_w = jax.lax.stop_gradient(_checks.as_float(ref_chosen_logps))
+    ref_l = jax.lax.stop_gradient(_checks.as_float(ref_rejected_logps))
     normalize = (variant == "ipo" and chosen_lengths is not None) if length_normalize is None \
         else bool(length_normalize)
     if normalize:

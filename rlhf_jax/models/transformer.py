@@ -1,13 +1,16 @@
-"""A Llama-style decoder in Flax NNX: RMSNorm, RoPE, SwiGLU, grouped-query attention.
+"""A decoder-only transformer in Flax NNX: Llama-style by default (RMSNorm, RoPE, SwiGLU,
+grouped-query attention), with the options of the Qwen2, Gemma and GPT-2 families (presets.py).
 
 Every parameter carries logical axis names in its `axes` metadata (`vocab`, `embed`, `heads`,
 `kv_heads`, `kv`, `mlp`, `norm`); `rlhf_jax.parallel.sharding` maps them to mesh axes through the
-config's logical axis rules.
+config's logical axis rules. The learned position table's first axis is deliberately unnamed
+(None: replicated) so the default rules cover every family.
 
 Layout (DESIGN.md): a row is [prompt | completion], prompts left-padded; `mask_BxS` marks real
-tokens and positions come from it (`positions_from_mask`). The same forward serves training (no
-cache) and generation (a preallocated KV cache written at `cache_index`): query slot i attends to
-key slot j iff j <= i and slot j holds a real token (`kv_mask_BxL`).
+tokens and positions come from it (`positions_from_mask`), for RoPE and learned positions alike.
+The same forward serves training (no cache) and generation (a preallocated KV cache written at
+`cache_index`): query slot i attends to key slot j iff j <= i and slot j holds a real token
+(`kv_mask_BxL`).
 """
 
 from __future__ import annotations
@@ -19,60 +22,41 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rlhf_jax.models.layers import (MLP, LayerNorm, RMSNorm, apply_rope, make_norm, param,
+                                    zeros)
 from rlhf_jax.models.presets import ModelConfig
+
+__all__ = ["Attention", "Block", "LayerCache", "LayerNorm", "MLP", "RMSNorm", "Transformer",
+           "apply_rope", "positions_from_mask"]
 
 LayerCache = dict[str, jax.Array]  # {'k': [B, L, K, H], 'v': [B, L, K, H]}
 _MASKED = -1e30
 
 
 def positions_from_mask(mask_BxS: jax.Array) -> jax.Array:
-  """RoPE positions: 0 at the first real token of each row, counting real tokens only."""
+  """Positions: 0 at the first real token of each row, counting real tokens only."""
   return jnp.maximum(jnp.cumsum(mask_BxS.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-def _param(rngs: nnx.Rngs, shape, axes, scale: float, dtype) -> nnx.Param:
-  value = jax.random.normal(rngs.params(), shape, dtype) * scale
-  return nnx.Param(value, axes=axes)
-
-
-def apply_rope(x_BxSxNxH: jax.Array, positions_BxS: jax.Array, theta: float) -> jax.Array:
-  """Rotary embedding (Su et al. 2021), half-split convention as in Llama's HF implementation."""
-  h = x_BxSxNxH.shape[-1]
-  inv_freq_F = 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
-  angles_BxSxF = positions_BxS.astype(jnp.float32)[..., None] * inv_freq_F
-  sin = jnp.sin(angles_BxSxF)[:, :, None, :]
-  cos = jnp.cos(angles_BxSxF)[:, :, None, :]
-  x = x_BxSxNxH.astype(jnp.float32)
-  x1, x2 = x[..., : h // 2], x[..., h // 2:]
-  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-  return out.astype(x_BxSxNxH.dtype)
-
-
-class RMSNorm(nnx.Module):
-  """y = x / sqrt(mean(x^2) + eps) * scale (Zhang & Sennrich 2019), computed in float32."""
-
-  def __init__(self, dim: int, eps: float, param_dtype):
-    self.eps = eps
-    self.scale = nnx.Param(jnp.ones((dim,), param_dtype), axes=("norm",))
-
-  def __call__(self, x):
-    x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
-
-
 class Attention(nnx.Module):
-  """Grouped-query attention: n_heads query heads share n_kv_heads key/value heads."""
+  """Grouped-query attention (Ainslie et al. 2023): n_heads query heads share n_kv_heads key/value
+  heads; softmax(q k^T / sqrt(head_dim) + mask) v, optional biases on q/k/v and the output."""
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     d, n, k, h = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     pd = jnp.dtype(cfg.param_dtype)
     self.cfg = cfg
-    self.wq = _param(rngs, (d, n, h), ("embed", "heads", "kv"), d ** -0.5, pd)
-    self.wk = _param(rngs, (d, k, h), ("embed", "kv_heads", "kv"), d ** -0.5, pd)
-    self.wv = _param(rngs, (d, k, h), ("embed", "kv_heads", "kv"), d ** -0.5, pd)
-    self.wo = _param(rngs, (n, h, d), ("heads", "kv", "embed"),
-                     (n * h) ** -0.5 / math.sqrt(2 * cfg.n_layers), pd)
+    self.wq = param(rngs, (d, n, h), ("embed", "heads", "kv"), d ** -0.5, pd)
+    self.wk = param(rngs, (d, k, h), ("embed", "kv_heads", "kv"), d ** -0.5, pd)
+    self.wv = param(rngs, (d, k, h), ("embed", "kv_heads", "kv"), d ** -0.5, pd)
+    self.wo = param(rngs, (n, h, d), ("heads", "kv", "embed"),
+                    (n * h) ** -0.5 / math.sqrt(2 * cfg.n_layers), pd)
+    if cfg.qkv_bias:
+      self.bq = zeros((n, h), ("heads", "kv"), pd)
+      self.bk = zeros((k, h), ("kv_heads", "kv"), pd)
+      self.bv = zeros((k, h), ("kv_heads", "kv"), pd)
+    if cfg.attn_out_bias:
+      self.bo = zeros((d,), ("embed",), pd)
 
   def __call__(self, x_BxSxD, positions_BxS, kv_mask_BxL, cache: Optional[LayerCache],
                cache_index):
@@ -81,8 +65,13 @@ class Attention(nnx.Module):
     q_BxSxNxH = jnp.einsum("bsd,dnh->bsnh", x_BxSxD, self.wq[...].astype(dt))
     k_BxSxKxH = jnp.einsum("bsd,dkh->bskh", x_BxSxD, self.wk[...].astype(dt))
     v_BxSxKxH = jnp.einsum("bsd,dkh->bskh", x_BxSxD, self.wv[...].astype(dt))
-    q_BxSxNxH = apply_rope(q_BxSxNxH, positions_BxS, cfg.rope_theta)
-    k_BxSxKxH = apply_rope(k_BxSxKxH, positions_BxS, cfg.rope_theta)
+    if cfg.qkv_bias:
+      q_BxSxNxH = q_BxSxNxH + self.bq[...].astype(dt)
+      k_BxSxKxH = k_BxSxKxH + self.bk[...].astype(dt)
+      v_BxSxKxH = v_BxSxKxH + self.bv[...].astype(dt)
+    if cfg.position_embedding == "rope":
+      q_BxSxNxH = apply_rope(q_BxSxNxH, positions_BxS, cfg.rope_theta, cfg.rope_scaling)
+      k_BxSxKxH = apply_rope(k_BxSxKxH, positions_BxS, cfg.rope_theta, cfg.rope_scaling)
 
     s = x_BxSxD.shape[1]
     if cache is None:
@@ -109,35 +98,18 @@ class Attention(nnx.Module):
     out_BxSxKxGxH = jnp.einsum("bkgsl,blkh->bskgh", probs, values_BxLxKxH.astype(dt))
     out_BxSxNxH = out_BxSxKxGxH.reshape(b, s, n, h)
     y_BxSxD = jnp.einsum("bsnh,nhd->bsd", out_BxSxNxH, self.wo[...].astype(dt))
+    if cfg.attn_out_bias:
+      y_BxSxD = y_BxSxD + self.bo[...].astype(dt)
     return y_BxSxD, new_cache
-
-
-class MLP(nnx.Module):
-  """SwiGLU feed-forward (Shazeer 2020): down(silu(gate(x)) * up(x))."""
-
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-    d, f = cfg.d_model, cfg.d_ff
-    pd = jnp.dtype(cfg.param_dtype)
-    self.w_gate = _param(rngs, (d, f), ("embed", "mlp"), d ** -0.5, pd)
-    self.w_up = _param(rngs, (d, f), ("embed", "mlp"), d ** -0.5, pd)
-    self.w_down = _param(rngs, (f, d), ("mlp", "embed"), f ** -0.5 / math.sqrt(2 * cfg.n_layers),
-                         pd)
-
-  def __call__(self, x_BxSxD):
-    dt = x_BxSxD.dtype
-    gate = jnp.einsum("bsd,df->bsf", x_BxSxD, self.w_gate[...].astype(dt))
-    up = jnp.einsum("bsd,df->bsf", x_BxSxD, self.w_up[...].astype(dt))
-    return jnp.einsum("bsf,fd->bsd", jax.nn.silu(gate) * up, self.w_down[...].astype(dt))
 
 
 class Block(nnx.Module):
   """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(x))."""
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-    pd = jnp.dtype(cfg.param_dtype)
-    self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pd)
+    self.attn_norm = make_norm(cfg)
     self.attn = Attention(cfg, rngs)
-    self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pd)
+    self.mlp_norm = make_norm(cfg)
     self.mlp = MLP(cfg, rngs)
 
   def __call__(self, x, positions_BxS, kv_mask_BxL, cache, cache_index):
@@ -148,20 +120,38 @@ class Block(nnx.Module):
 
 
 class Transformer(nnx.Module):
-  """Decoder-only LM. `hidden` gives final-norm activations; `logits` maps them to the vocab."""
+  """Decoder-only LM. `hidden` gives final-norm activations; `logits` maps them to the vocab.
+
+  Input embedding: x_0 = E[token] * (sqrt(D) if cfg.scale_embeddings) + P[position] (learned
+  positions only; RoPE acts inside attention instead).
+  """
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, lm_head: bool = True):
     pd = jnp.dtype(cfg.param_dtype)
     self.cfg = cfg
     # Tied embeddings double as the output projection, so they start at the fan-in scale.
     embed_scale = cfg.d_model ** -0.5 if cfg.tie_embeddings else 1.0
-    self.embed = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), embed_scale, pd)
+    self.embed = param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), embed_scale, pd)
     self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
-    self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pd)
+    self.final_norm = make_norm(cfg)
     self.has_lm_head = lm_head and not cfg.tie_embeddings
     if self.has_lm_head:
-      self.lm_head = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
-                            cfg.d_model ** -0.5, pd)
+      self.lm_head = param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
+                           cfg.d_model ** -0.5, pd)
+    if cfg.position_embedding == "learned":
+      self.pos_embed = param(rngs, (cfg.max_positions, cfg.d_model), (None, "embed"), 0.02, pd)
+
+  def embed_tokens(self, tokens_BxS, positions_BxS):
+    """x_0 [B, S, D] in the compute dtype. Learned positions >= max_positions give NaN."""
+    cfg = self.cfg
+    dt = jnp.dtype(cfg.dtype)
+    x = jnp.take(self.embed[...], tokens_BxS, axis=0).astype(dt)
+    if cfg.scale_embeddings:
+      x = x * jnp.asarray(math.sqrt(cfg.d_model), dt)  # rounded to dt, as Gemma does
+    if cfg.position_embedding == "learned":
+      x = x + jnp.take(self.pos_embed[...], positions_BxS, axis=0, mode="fill",
+                       fill_value=jnp.nan).astype(dt)
+    return x
 
   def hidden(self, tokens_BxS, *, mask_BxS, positions_BxS=None,
              cache: Optional[list[LayerCache]] = None, cache_index=0, kv_mask_BxL=None):
@@ -171,14 +161,13 @@ class Transformer(nnx.Module):
     With a cache of length L, the inputs occupy slots [cache_index, cache_index + S) and
     `kv_mask_BxL` must mark every real slot of the whole cache.
     """
-    dt = jnp.dtype(self.cfg.dtype)
     if positions_BxS is None:
       positions_BxS = positions_from_mask(mask_BxS)
     if kv_mask_BxL is None:
       if cache is not None:
         raise ValueError("Transformer.hidden: kv_mask_BxL is required with a cache")
       kv_mask_BxL = mask_BxS
-    x = jnp.take(self.embed[...], tokens_BxS, axis=0).astype(dt)
+    x = self.embed_tokens(tokens_BxS, positions_BxS)
     new_cache = []
     for i, layer in enumerate(self.layers):
       x, c = layer(x, positions_BxS, kv_mask_BxL, None if cache is None else cache[i], cache_index)

@@ -13,7 +13,7 @@ from flax import nnx
 
 from rlhf_jax import models
 from rlhf_jax.data import builders, pipeline, tokenizer as tokenizer_lib
-from rlhf_jax.parallel import mesh as mesh_lib
+from rlhf_jax.parallel import distributed, mesh as mesh_lib
 from rlhf_jax.train import loop, optimizer as optimizer_lib, sft as sft_steps, state as state_lib
 
 
@@ -26,7 +26,8 @@ def setup_tokenizer(config, workdir: str, task) -> tokenizer_lib.Tokenizer:
   if tc.kind != "sentencepiece":
     raise ValueError(f"unknown tokenizer.kind {tc.kind!r}; valid: ['char', 'sentencepiece']")
   path = tc.path or os.path.join(workdir, "tokenizer.model")
-  return tokenizer_lib.load_or_train(path, task.texts, vocab_size=tc.vocab_size)
+  return distributed.on_process_zero_first(
+      "tokenizer", lambda: tokenizer_lib.load_or_train(path, task.texts, vocab_size=tc.vocab_size))
 
 
 def make_model_fn(config, vocab_size: int):
@@ -42,8 +43,10 @@ def task_params(config) -> dict[str, Any]:
 
 def load_sft_arrays(config, workdir: str, tok, split: str):
   data_dir = config.data.data_dir or os.path.join(workdir, "data")
-  source = builders.load_split(config.task.name, "sft", split, data_dir=data_dir,
-                               task_params=task_params(config))
+  source = distributed.on_process_zero_first(
+      f"data/{split}", lambda: builders.load_split(config.task.name, "sft", split,
+                                                   data_dir=data_dir,
+                                                   task_params=task_params(config)))
   records = (builders.decode_record(source[i]) for i in range(len(source)))
   return pipeline.prepare_sft(records, tok, prompt_len=config.data.prompt_len,
                               completion_len=config.data.completion_len,

@@ -108,8 +108,6 @@ def test_logprobs_jit_and_shape_errors():
     logits, tokens = jnp.zeros((2, 3, 4)), jnp.zeros((2, 3), jnp.int32)
     np.testing.assert_allclose(jax.jit(logprobs.token_logps)(logits, tokens),
                                -math.log(4.0) * np.ones((2, 3)), rtol=1e-6)
-    jax.jit(logprobs.sequence_logps, static_argnames="reduction")(logits, tokens, jnp.ones((2, 3)),
-                                                                  reduction="mean")
     with pytest.raises(ValueError, match="tokens_BxT"):
         logprobs.token_logps(logits, jnp.zeros((2, 4), jnp.int32))
     with pytest.raises(ValueError, match=r"logits_BxTxV.*\[B, T, V\]"):

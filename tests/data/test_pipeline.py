@@ -1,0 +1,109 @@
+"""Layout of [prompt | completion] rows, over-long policies, per-process sharding, exact resume."""
+
+import numpy as np
+import pytest
+
+from rlhf_jax.data import pipeline, tokenizer as tokenizer_lib
+from rlhf_jax.tasks.arithmetic import ArithmeticTask
+
+
+@pytest.fixture(scope="module")
+def tok():
+  return tokenizer_lib.train_sentencepiece(ArithmeticTask(max_operand=30).texts(), vocab_size=300)
+
+
+def test_layout_left_pads_prompt_right_pads_completion(tok):
+  arrays, stats = pipeline.prepare_sft([{"prompt": "12+30=", "completion": "42"}], tok,
+                                       prompt_len=10, completion_len=5)
+  tokens, mask, cmask = arrays["tokens"][0], arrays["mask"][0], arrays["completion_mask"][0]
+  p = [tok.bos_id] + tok.encode("12+30=")
+  c = tok.encode("42") + [tok.eos_id]
+  np.testing.assert_array_equal(tokens[10 - len(p):10], p)
+  np.testing.assert_array_equal(tokens[10:10 + len(c)], c)
+  assert tokens[:10 - len(p)].tolist() == [0] * (10 - len(p)) and tokens[10 + len(c):].sum() == 0
+  np.testing.assert_array_equal(mask, (np.arange(15) >= 10 - len(p)) & (np.arange(15) < 10 + len(c)))
+  np.testing.assert_array_equal(cmask, (np.arange(15) >= 10) & (np.arange(15) < 10 + len(c)))
+  assert stats.as_dict() == {"kept": 1}
+
+
+def test_overlong_prompt_policies_are_never_silent(tok):
+  records = [{"prompt": "1+1=", "completion": "2"}, {"prompt": "11+11+11+11=", "completion": "44"}]
+  with pytest.raises(ValueError, match=r"sft record 1: prompt has \d+ tokens, more than .*prompt_len=6"):
+    pipeline.prepare_sft(records, tok, prompt_len=6, completion_len=4, overlong="error")
+  arrays, stats = pipeline.prepare_sft(records, tok, prompt_len=6, completion_len=4,
+                                       overlong="drop")
+  assert len(arrays["tokens"]) == 1 and stats.as_dict() == {"kept": 1,
+                                                            "dropped/overlong_prompt": 1}
+  arrays, stats = pipeline.prepare_sft(records, tok, prompt_len=6, completion_len=4,
+                                       overlong="truncate")
+  assert stats.as_dict() == {"kept": 2, "truncated/prompt": 1}
+  # Left truncation keeps the end of the prompt (the question's last tokens).
+  assert tok.decode(arrays["tokens"][1][:6]) == tok.decode(tok.encode("11+11+11+11=")[-6:])
+
+
+def test_bad_records_are_named(tok):
+  with pytest.raises(ValueError, match="sft record 1: empty completion"):
+    pipeline.prepare_sft([{"prompt": "1+1=", "completion": "2"}, {"prompt": "1+2=", "completion": ""}],
+                         tok, prompt_len=8, completion_len=4)
+  with pytest.raises(ValueError, match="sft record 0: field 'completion' missing"):
+    pipeline.prepare_sft([{"prompt": "1+1="}], tok, prompt_len=8, completion_len=4)
+  with pytest.raises(ValueError, match="unknown overlong policy 'cut'"):
+    pipeline.prepare_sft([], tok, prompt_len=8, completion_len=4, overlong="cut")
+
+
+def _ids_dataset(n):
+  return {"id": np.arange(n, dtype=np.int32), "x": np.arange(n, dtype=np.int32) * 10}
+
+
+@pytest.mark.parametrize("process_count", [2, 4])
+def test_process_shards_cover_each_epoch_exactly_once(process_count):
+  n, global_batch = 48, 8
+  steps_per_epoch = n // global_batch
+  iters = [iter(pipeline.train_dataset(_ids_dataset(n), global_batch=global_batch, seed=3,
+                                       process_index=p, process_count=process_count))
+           for p in range(process_count)]
+  epochs = []
+  for _ in range(2):
+    seen = []
+    for _ in range(steps_per_epoch):
+      for it in iters:
+        batch = next(it)
+        assert batch["id"].shape == (global_batch // process_count,)
+        np.testing.assert_array_equal(batch["x"], batch["id"] * 10)
+        seen.extend(batch["id"].tolist())
+    assert sorted(seen) == list(range(n))  # each example exactly once per epoch
+    epochs.append(seen)
+  assert epochs[0] != epochs[1]  # reshuffled every epoch
+
+
+def test_restored_iterator_yields_exactly_the_next_batch():
+  ds = pipeline.train_dataset(_ids_dataset(30), global_batch=4, seed=1)
+  it = iter(ds)
+  for _ in range(11):  # crosses an epoch boundary
+    next(it)
+  state = it.get_state()
+  want = [next(it)["id"].tolist() for _ in range(3)]
+  fresh = iter(pipeline.train_dataset(_ids_dataset(30), global_batch=4, seed=1))
+  fresh.set_state(state)
+  assert [next(fresh)["id"].tolist() for _ in range(3)] == want
+
+
+def test_eval_batches_cover_once_and_pad_with_zero_rows():
+  data = {"id": np.arange(1, 12, dtype=np.int32), "mask": np.ones((11, 3), np.int32)}
+  seen, padded = [], 0
+  for p in range(2):
+    for batch in pipeline.eval_batches(data, global_batch=4, process_index=p, process_count=2):
+      assert batch["id"].shape == (2,) and batch["mask"].shape == (2, 3)
+      for i, m in zip(batch["id"], batch["mask"]):
+        if m.sum() == 0:
+          padded += 1
+          assert i == 0
+        else:
+          seen.append(int(i))
+  assert sorted(seen) == list(range(1, 12)) and padded == 1
+
+
+def test_global_batch_must_divide_over_processes():
+  with pytest.raises(ValueError, match="global batch 6 is not divisible by 4 processes"):
+    pipeline.train_dataset(_ids_dataset(8), global_batch=6, seed=0, process_index=0,
+                           process_count=4)
