@@ -21,8 +21,12 @@ def base_config() -> ml_collections.ConfigDict:
       "completion_len": 6,
       "batch_size": 64,           # global batch, split over processes and the data axes
       "overlong": "error",        # error | truncate | drop
+      "allow_empty_completion": False,  # see data/pipeline.py Layout
+      "end_by_length": False,
   })
   c.model = ml_collections.ConfigDict({"preset": "tiny", "dtype": "float32"})
+  # Start from an earlier stage's export (<workdir>/export): its tokenizer, shape and weights.
+  c.init = ml_collections.ConfigDict({"from_workdir": ""})
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
   # Multi-host: see parallel/distributed.py (environment variables override these).
   c.distributed = ml_collections.ConfigDict({"enabled": False, "coordinator_address": "",
@@ -39,3 +43,16 @@ def base_config() -> ml_collections.ConfigDict:
       # follows num_steps, so a later run resumes exactly where this one stopped.
       "stop_at_step": 0})
   return c
+
+
+def use_enumerable_world(c: ml_collections.ConfigDict, **params) -> None:
+  """Points a config at the enumerable preference world (tasks/enumerable.py): char tokenizer,
+  rows of [BOS + 3 prompt letters | up to 6 letters (+ EOS)], empty completions valid and
+  6-letter completions ended by length, as generation with max_new_tokens = 6 makes them."""
+  c.task.name = "enumerable"
+  c.task.params = ml_collections.ConfigDict(params)
+  c.tokenizer.kind = "char"
+  c.data.prompt_len = 4
+  c.data.completion_len = 6
+  c.data.allow_empty_completion = True
+  c.data.end_by_length = True

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from rlhf_jax.tasks.arithmetic import ArithmeticTask
+from rlhf_jax.tasks.enumerable import EnumerableTask
 
 # Field types of each record kind; tasks may add task-specific fields through `extra_fields`.
 SCHEMAS: dict[str, dict[str, str]] = {
@@ -30,6 +31,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
 
 TASKS: dict[str, Callable[..., Any]] = {
     "arithmetic": ArithmeticTask,
+    "enumerable": EnumerableTask,
 }
 
 _FEATURE = {"text": tfds.features.Text(), "float": np.float32, "int": np.int64}

@@ -57,66 +57,125 @@ def _fit(ids: list[int], length: int, *, field: str, where: str, overlong: str,
   return ids[-length:] if keep == "right" else ids[:length]
 
 
-def layout_prompt(tokenizer, prompt: str, *, prompt_len: int, overlong: str, where: str,
-                  stats: LayoutStats) -> list[int] | None:
-  """BOS + prompt ids fitted to prompt_len (left-truncation keeps the end of the prompt)."""
-  ids = [tokenizer.bos_id] + tokenizer.encode(prompt)
-  return _fit(ids, prompt_len, field="prompt", where=where, overlong=overlong, keep="right",
-              stats=stats)
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """How text becomes a [prompt | completion] row.
+
+  allow_empty: an empty completion (EOS alone) is valid data (e.g. the enumerable world) rather
+    than an error.
+  end_by_length: a completion of exactly completion_len tokens without room for EOS "ended by
+    length" and is kept without EOS, as generation with max_new_tokens = completion_len produces
+    it; otherwise it is over-long and follows `overlong`.
+  """
+  tokenizer: object
+  prompt_len: int
+  completion_len: int
+  overlong: str = "error"
+  allow_empty: bool = False
+  end_by_length: bool = False
+
+  def __post_init__(self):
+    if self.overlong not in OVERLONG_POLICIES:
+      raise ValueError(f"unknown overlong policy {self.overlong!r}; valid: {list(OVERLONG_POLICIES)}")
+
+  @classmethod
+  def from_config(cls, tokenizer, data_config) -> "Layout":
+    return cls(tokenizer, data_config.prompt_len, data_config.completion_len,
+               data_config.overlong, data_config.allow_empty_completion,
+               data_config.end_by_length)
+
+  def prompt_ids(self, prompt: str, where: str, stats: LayoutStats) -> list[int] | None:
+    """BOS + prompt ids fitted to prompt_len (left-truncation keeps the end of the prompt)."""
+    ids = [self.tokenizer.bos_id] + self.tokenizer.encode(prompt)
+    return _fit(ids, self.prompt_len, field="prompt", where=where, overlong=self.overlong,
+                keep="right", stats=stats)
+
+  def completion_ids(self, completion: str, where: str, stats: LayoutStats) -> list[int] | None:
+    """Completion ids + EOS fitted to completion_len (truncation cuts the end, EOS included)."""
+    if not completion and not self.allow_empty:
+      raise ValueError(f"{where}: empty completion")
+    ids = self.tokenizer.encode(completion)
+    if not (self.end_by_length and len(ids) == self.completion_len):
+      ids = ids + [self.tokenizer.eos_id]
+    return _fit(ids, self.completion_len, field="completion", where=where,
+                overlong=self.overlong, keep="left", stats=stats)
+
+  def row(self, prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> dict[str, np.ndarray]:
+    p, c = self.prompt_len, self.completion_len
+    tokens = np.full((p + c,), self.tokenizer.pad_id, np.int32)
+    mask = np.zeros((p + c,), np.int32)
+    completion_mask = np.zeros((p + c,), np.int32)
+    tokens[p - len(prompt_ids):p] = prompt_ids
+    mask[p - len(prompt_ids):p] = 1
+    tokens[p:p + len(completion_ids)] = completion_ids
+    mask[p:p + len(completion_ids)] = 1
+    completion_mask[p:p + len(completion_ids)] = 1
+    return {"tokens": tokens, "mask": mask, "completion_mask": completion_mask}
+
+  def prompt_row(self, prompt_ids: Sequence[int]) -> dict[str, np.ndarray]:
+    """A prompt alone, left-padded to prompt_len (the input of generation)."""
+    tokens = np.full((self.prompt_len,), self.tokenizer.pad_id, np.int32)
+    mask = np.zeros((self.prompt_len,), np.int32)
+    tokens[self.prompt_len - len(prompt_ids):] = prompt_ids
+    mask[self.prompt_len - len(prompt_ids):] = 1
+    return {"prompt_tokens": tokens, "prompt_mask": mask}
 
 
-def layout_completion(tokenizer, completion: str, *, completion_len: int, overlong: str,
-                      where: str, stats: LayoutStats) -> list[int] | None:
-  """Completion ids + EOS fitted to completion_len (truncation cuts the end, EOS included)."""
-  if not completion:
-    raise ValueError(f"{where}: empty completion")
-  ids = tokenizer.encode(completion) + [tokenizer.eos_id]
-  return _fit(ids, completion_len, field="completion", where=where, overlong=overlong,
-              keep="left", stats=stats)
+def _text_fields(record: dict, fields: Sequence[str], where: str) -> None:
+  for field in fields:
+    if not isinstance(record.get(field), str):
+      raise ValueError(f"{where}: field {field!r} missing or not text: {record!r:.200}")
 
 
-def pack_row(prompt_ids: Sequence[int], completion_ids: Sequence[int], prompt_len: int,
-             completion_len: int, pad_id: int) -> dict[str, np.ndarray]:
-  s = prompt_len + completion_len
-  tokens = np.full((s,), pad_id, np.int32)
-  mask = np.zeros((s,), np.int32)
-  completion_mask = np.zeros((s,), np.int32)
-  p0 = prompt_len - len(prompt_ids)
-  tokens[p0:prompt_len] = prompt_ids
-  mask[p0:prompt_len] = 1
-  c1 = prompt_len + len(completion_ids)
-  tokens[prompt_len:c1] = completion_ids
-  mask[prompt_len:c1] = 1
-  completion_mask[prompt_len:c1] = 1
-  return {"tokens": tokens, "mask": mask, "completion_mask": completion_mask}
-
-
-def prepare_sft(records: Iterable[dict], tokenizer, *, prompt_len: int, completion_len: int,
-                overlong: str = "error", name: str = "sft") -> tuple[dict[str, np.ndarray], LayoutStats]:
-  """Tokenizes SFT records into stacked arrays [N, S] and counts what happened."""
-  if overlong not in OVERLONG_POLICIES:
-    raise ValueError(f"unknown overlong policy {overlong!r}; valid: {list(OVERLONG_POLICIES)}")
-  stats = LayoutStats()
-  rows = []
-  for i, record in enumerate(records):
-    where = f"{name} record {i}"
-    for field in ("prompt", "completion"):
-      if not isinstance(record.get(field), str):
-        raise ValueError(f"{where}: field {field!r} missing or not text: {record!r:.200}")
-    p = layout_prompt(tokenizer, record["prompt"], prompt_len=prompt_len, overlong=overlong,
-                      where=where, stats=stats)
-    c = None if p is None else layout_completion(
-        tokenizer, record["completion"], completion_len=completion_len, overlong=overlong,
-        where=where, stats=stats)
-    if p is None or c is None:
-      continue
-    rows.append(pack_row(p, c, prompt_len, completion_len, tokenizer.pad_id))
-    stats.kept += 1
+def _stack(rows: list[dict], name: str, stats: LayoutStats) -> dict[str, np.ndarray]:
   if not rows:
     raise ValueError(f"{name}: no records left after layout ({stats.as_dict()})")
-  arrays = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
   logging.info("%s layout: %s", name, stats.as_dict())
-  return arrays, stats
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def prepare_sft(records: Iterable[dict], layout: Layout, *, name: str = "sft"
+                ) -> tuple[dict[str, np.ndarray], LayoutStats]:
+  """SFT records -> arrays tokens/mask/completion_mask [N, S], with counts of what happened."""
+  stats, rows = LayoutStats(), []
+  for i, record in enumerate(records):
+    where = f"{name} record {i}"
+    _text_fields(record, ("prompt", "completion"), where)
+    p = layout.prompt_ids(record["prompt"], where, stats)
+    c = None if p is None else layout.completion_ids(record["completion"], where, stats)
+    if p is None or c is None:
+      continue
+    rows.append(layout.row(p, c))
+    stats.kept += 1
+  return _stack(rows, name, stats), stats
+
+
+def prepare_preference(records: Iterable[dict], layout: Layout, *, name: str = "preference"
+                       ) -> tuple[dict[str, np.ndarray], LayoutStats]:
+  """Pairs -> chosen_{tokens,mask,completion_mask}, rejected_{...} [N, S], and the gold rewards
+  chosen_gold/rejected_gold [N] when the records carry them (NaN otherwise). A pair is dropped
+  (counted) as a whole when either side is; identical chosen/rejected pairs are dropped and
+  counted."""
+  stats, rows = LayoutStats(), []
+  for i, record in enumerate(records):
+    where = f"{name} record {i}"
+    _text_fields(record, ("prompt", "chosen", "rejected"), where)
+    if record["chosen"] == record["rejected"]:
+      stats.dropped["identical_pair"] += 1
+      continue
+    p = layout.prompt_ids(record["prompt"], where, stats)
+    w = None if p is None else layout.completion_ids(record["chosen"], where + " (chosen)", stats)
+    l = None if w is None else layout.completion_ids(record["rejected"], where + " (rejected)",
+                                                     stats)
+    if l is None:
+      continue
+    row = {f"chosen_{k}": v for k, v in layout.row(p, w).items()}
+    row.update({f"rejected_{k}": v for k, v in layout.row(p, l).items()})
+    row["chosen_gold"] = np.float32(record.get("chosen_gold", np.nan))
+    row["rejected_gold"] = np.float32(record.get("rejected_gold", np.nan))
+    rows.append(row)
+    stats.kept += 1
+  return _stack(rows, name, stats), stats
 
 
 def _check_batch(global_batch: int, process_count: int) -> int:

@@ -129,3 +129,23 @@ class CharTokenizer:
   def decode(self, ids: Sequence[int]) -> str:
     return "".join(self.alphabet[int(i) - self._offset] for i in ids
                    if int(i) >= self._offset)
+
+
+def to_spec(tok, path: str = "") -> dict:
+  """A JSON-able description from which `from_spec` rebuilds the tokenizer."""
+  if isinstance(tok, CharTokenizer):
+    return {"kind": "char", "alphabet": tok.alphabet}
+  if isinstance(tok, SentencePieceTokenizer):
+    if not path:
+      raise ValueError("to_spec: a sentencepiece tokenizer needs the path of its model file")
+    return {"kind": "sentencepiece", "path": os.path.abspath(path)}
+  raise TypeError(f"to_spec: unsupported tokenizer type {type(tok).__name__}")
+
+
+def from_spec(spec: dict):
+  kind = spec.get("kind")
+  if kind == "char":
+    return CharTokenizer(spec["alphabet"])
+  if kind == "sentencepiece":
+    return SentencePieceTokenizer.load(spec["path"])
+  raise ValueError(f"unknown tokenizer kind {kind!r} in {spec}; valid: ['char', 'sentencepiece']")

@@ -8,6 +8,8 @@ import importlib
 # only when it runs.
 STAGES = {
     "sft": "rlhf_jax.stages.sft",
+    "reward_model": "rlhf_jax.stages.reward_model",
+    "dpo": "rlhf_jax.stages.dpo",
 }
 
 

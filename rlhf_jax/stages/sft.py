@@ -1,56 +1,18 @@
-"""SFT stage: wire a config to the loop — task data, tokenizer, model, mesh, optimizer, steps."""
+"""SFT stage: wire a config to the loop — task data, tokenizer, model, mesh, optimizer, steps.
+
+Produces `<workdir>/export` (kind "lm"), which later stages start from."""
 
 from __future__ import annotations
 
 import logging
-import os
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from rlhf_jax import models
-from rlhf_jax.data import builders, pipeline, tokenizer as tokenizer_lib
-from rlhf_jax.parallel import distributed, mesh as mesh_lib
-from rlhf_jax.train import loop, optimizer as optimizer_lib, sft as sft_steps, state as state_lib
-
-
-def setup_tokenizer(config, workdir: str, task) -> tokenizer_lib.Tokenizer:
-  """The configured tokenizer: a char alphabet, a given sentencepiece file, or one trained from
-  the task's text and cached at `<workdir>/tokenizer.model`."""
-  tc = config.tokenizer
-  if tc.kind == "char":
-    return tokenizer_lib.CharTokenizer(task.alphabet)
-  if tc.kind != "sentencepiece":
-    raise ValueError(f"unknown tokenizer.kind {tc.kind!r}; valid: ['char', 'sentencepiece']")
-  path = tc.path or os.path.join(workdir, "tokenizer.model")
-  return distributed.on_process_zero_first(
-      "tokenizer", lambda: tokenizer_lib.load_or_train(path, task.texts, vocab_size=tc.vocab_size))
-
-
-def make_model_fn(config, vocab_size: int):
-  mc = config.model
-  overrides = {"vocab_size": vocab_size, "dtype": mc.dtype}
-  cfg = models.get_model_config(mc.preset, **overrides)
-  return cfg, (lambda rngs: models.Transformer(cfg, rngs=rngs))
-
-
-def task_params(config) -> dict[str, Any]:
-  return dict(config.task.params.to_dict()) if "params" in config.task else {}
-
-
-def load_sft_arrays(config, workdir: str, tok, split: str):
-  data_dir = config.data.data_dir or os.path.join(workdir, "data")
-  source = distributed.on_process_zero_first(
-      f"data/{split}", lambda: builders.load_split(config.task.name, "sft", split,
-                                                   data_dir=data_dir,
-                                                   task_params=task_params(config)))
-  records = (builders.decode_record(source[i]) for i in range(len(source)))
-  return pipeline.prepare_sft(records, tok, prompt_len=config.data.prompt_len,
-                              completion_len=config.data.completion_len,
-                              overlong=config.data.overlong, name=f"{config.task.name}/{split}")
+from rlhf_jax.data import pipeline, tokenizer as tokenizer_lib
+from rlhf_jax.stages import common
+from rlhf_jax.train import export, loop, optimizer as optimizer_lib, sft as sft_steps
+from rlhf_jax.train import state as state_lib
 
 
 def make_evaluator(graphdef, eval_arrays, mesh, config):
@@ -72,25 +34,41 @@ def make_evaluator(graphdef, eval_arrays, mesh, config):
   return evaluate
 
 
-def run(config, workdir: str) -> loop.LoopResult:
-  mesh = mesh_lib.make_mesh(config.mesh.to_dict())
-  task = builders.make_task(config.task.name, **task_params(config))
-  tok = setup_tokenizer(config, workdir, task)
-  train_arrays, _ = load_sft_arrays(config, workdir, tok, "train")
-  eval_arrays, _ = load_sft_arrays(config, workdir, tok, "test")
+def init_lm(config, mesh, rules, make_model):
+  """Parameters from config.init.from_workdir's export, or None for a fresh initialisation."""
+  if not config.init.from_workdir:
+    return None
+  return export.load(config.init.from_workdir, mesh, rules, kind="lm").params
 
-  model_cfg, make_model = make_model_fn(config, tok.vocab_size)
+
+def run(config, workdir: str) -> loop.LoopResult:
+  mesh, rules = common.mesh_and_rules(config)
+  task = common.make_task(config)
+  tok_spec = common.tokenizer_spec(config, workdir, task)
+  tok = tokenizer_lib.from_spec(tok_spec)
+  layout = common.layout(config, tok)
+  train_arrays, _ = pipeline.prepare_sft(common.records(config, workdir, "sft", "train"), layout,
+                                         name=f"{config.task.name}/train")
+  eval_arrays, _ = pipeline.prepare_sft(common.records(config, workdir, "sft", "test"), layout,
+                                        name=f"{config.task.name}/test")
+
+  model_cfg = common.model_config(config, tok.vocab_size)
+  make_model = lambda rngs: export.make_model("lm", model_cfg, rngs)
   tx = optimizer_lib.make_optimizer(config.optimizer, config.train.num_steps)
-  rules = tuple(tuple(r) for r in config.logical_axis_rules)
-  graphdef, state, shardings = state_lib.init_state(make_model, tx, mesh, rules, config.seed)
-  logging.info("model %s: %s parameters on mesh %s", config.model.preset,
-               f"{state_lib.param_count(state.params):,}", dict(mesh.shape))
+  graphdef, state, shardings = state_lib.init_state(
+      make_model, tx, mesh, rules, config.seed, params=init_lm(config, mesh, rules, make_model))
+  logging.info("sft: %s parameters on mesh %s", f"{state_lib.param_count(state.params):,}",
+               dict(mesh.shape))
 
   train_iter = iter(pipeline.train_dataset(
       train_arrays, global_batch=config.data.batch_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count()))
-  return loop.run(config=config, workdir=workdir, mesh=mesh, state=state,
-                  state_shardings=shardings,
-                  train_step=sft_steps.make_train_step(graphdef, tx), train_iter=train_iter,
-                  evaluate=make_evaluator(graphdef, eval_arrays, mesh, config),
-                  tokens_per_step=lambda b: int(np.sum(b["mask"])))
+  result = loop.run(config=config, workdir=workdir, mesh=mesh, state=state,
+                    state_shardings=shardings,
+                    train_step=sft_steps.make_train_step(graphdef, tx), train_iter=train_iter,
+                    evaluate=make_evaluator(graphdef, eval_arrays, mesh, config),
+                    tokens_per_step=lambda b: int(np.sum(b["mask"])))
+  if result.state.step == config.train.num_steps:
+    export.save(workdir, result.state.params, kind="lm", model_config=model_cfg,
+                tokenizer=tok_spec)
+  return result

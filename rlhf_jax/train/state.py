@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jax.sharding import NamedSharding, PartitionSpec as P
+
 from rlhf_jax.parallel import sharding as sharding_lib
 
 
@@ -38,7 +40,11 @@ def abstract_model(make_model: Callable[[nnx.Rngs], nnx.Module]):
 def state_shardings(abstract_params, tx: optax.GradientTransformation, mesh, rules) -> TrainState:
   """NamedShardings for every leaf of the TrainState."""
   param_sh = sharding_lib.param_shardings(abstract_params, mesh, rules)
-  pure_params = nnx.to_pure_dict(abstract_params)
+  return shardings_for_params(nnx.to_pure_dict(abstract_params), param_sh, tx, mesh)
+
+
+def shardings_for_params(pure_params, param_sh, tx, mesh) -> TrainState:
+  """TrainState shardings given the parameters' (abstract) values and shardings."""
   abstract_opt = jax.eval_shape(tx.init, pure_params)
   repl = sharding_lib.replicated(mesh)
   opt_sh = optax.tree_map_params(tx, lambda _, sh: sh, abstract_opt, param_sh,
@@ -46,17 +52,61 @@ def state_shardings(abstract_params, tx: optax.GradientTransformation, mesh, rul
   return TrainState(step=repl, params=param_sh, opt_state=opt_sh)
 
 
-def init_state(make_model, tx, mesh, rules, seed: int):
-  """Returns (graphdef, state, shardings): a freshly initialised, sharded TrainState."""
+def init_params(make_model, mesh, rules, seed: int):
+  """(graphdef, params): fresh parameters created directly in their shardings."""
+  graphdef, abstract = abstract_model(make_model)
+  shardings = sharding_lib.param_shardings(abstract, mesh, rules)
+  params = jax.jit(lambda: nnx.to_pure_dict(nnx.state(make_model(nnx.Rngs(seed)), nnx.Param)),
+                   out_shardings=shardings)()
+  return graphdef, params
+
+
+def init_state(make_model, tx, mesh, rules, seed: int, *, params=None):
+  """Returns (graphdef, state, shardings): a sharded TrainState at step 0.
+
+  `params` (a pure dict laid out like the model's, e.g. restored from an earlier stage) replaces
+  the random initialisation."""
   graphdef, abstract_params = abstract_model(make_model)
   shardings = state_shardings(abstract_params, tx, mesh, rules)
+  if params is None:
+    _, params = init_params(make_model, mesh, rules, seed)
 
-  def init():
-    model = make_model(nnx.Rngs(seed))
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  def init(p):
+    return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p))
 
-  state = jax.jit(init, out_shardings=shardings)()
+  state = jax.jit(init, in_shardings=(shardings.params,), out_shardings=shardings)(params)
+  return graphdef, state, shardings
+
+
+def stacked(shardings, mesh):
+  """Shardings for parameters stacked on a new leading (ensemble) axis, which is replicated."""
+  return jax.tree.map(lambda s: NamedSharding(mesh, P(None, *s.spec)), shardings)
+
+
+def init_ensemble_state(make_model, tx, mesh, rules, seeds, *, shared=None):
+  """(graphdef, state, shardings) for E = len(seeds) models stacked on a leading axis.
+
+  Member e is initialised from seed e; `shared` (a pure dict of top-level subtrees, e.g.
+  {"backbone": lm_params}) then overwrites those subtrees in every member.
+  """
+  graphdef, abstract = abstract_model(make_model)
+  member_sh = sharding_lib.param_shardings(abstract, mesh, rules)
+  param_sh = stacked(member_sh, mesh)
+  seeds_E = jnp.asarray(seeds, jnp.uint32)
+
+  def init(shared_params):
+    def one(seed):
+      params = nnx.to_pure_dict(nnx.state(make_model(nnx.Rngs(params=jax.random.key(seed))),
+                                          nnx.Param))
+      return {**params, **(shared_params or {})}
+    return jax.vmap(one)(seeds_E)
+
+  params = jax.jit(init, out_shardings=param_sh)(shared)
+  abstract_stacked = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+  shardings = shardings_for_params(abstract_stacked, param_sh, tx, mesh)
+  state = jax.jit(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p,
+                                       opt_state=tx.init(p)),
+                  in_shardings=(param_sh,), out_shardings=shardings)(params)
   return graphdef, state, shardings
 
 

@@ -13,8 +13,8 @@ def tok():
 
 
 def test_layout_left_pads_prompt_right_pads_completion(tok):
-  arrays, stats = pipeline.prepare_sft([{"prompt": "12+30=", "completion": "42"}], tok,
-                                       prompt_len=10, completion_len=5)
+  arrays, stats = pipeline.prepare_sft([{"prompt": "12+30=", "completion": "42"}],
+                                       pipeline.Layout(tok, 10, 5))
   tokens, mask, cmask = arrays["tokens"][0], arrays["mask"][0], arrays["completion_mask"][0]
   p = [tok.bos_id] + tok.encode("12+30=")
   c = tok.encode("42") + [tok.eos_id]
@@ -29,13 +29,11 @@ def test_layout_left_pads_prompt_right_pads_completion(tok):
 def test_overlong_prompt_policies_are_never_silent(tok):
   records = [{"prompt": "1+1=", "completion": "2"}, {"prompt": "11+11+11+11=", "completion": "44"}]
   with pytest.raises(ValueError, match=r"sft record 1: prompt has \d+ tokens, more than .*prompt_len=6"):
-    pipeline.prepare_sft(records, tok, prompt_len=6, completion_len=4, overlong="error")
-  arrays, stats = pipeline.prepare_sft(records, tok, prompt_len=6, completion_len=4,
-                                       overlong="drop")
+    pipeline.prepare_sft(records, pipeline.Layout(tok, 6, 4, overlong="error"))
+  arrays, stats = pipeline.prepare_sft(records, pipeline.Layout(tok, 6, 4, overlong="drop"))
   assert len(arrays["tokens"]) == 1 and stats.as_dict() == {"kept": 1,
                                                             "dropped/overlong_prompt": 1}
-  arrays, stats = pipeline.prepare_sft(records, tok, prompt_len=6, completion_len=4,
-                                       overlong="truncate")
+  arrays, stats = pipeline.prepare_sft(records, pipeline.Layout(tok, 6, 4, overlong="truncate"))
   assert stats.as_dict() == {"kept": 2, "truncated/prompt": 1}
   # Left truncation keeps the end of the prompt (the question's last tokens).
   assert tok.decode(arrays["tokens"][1][:6]) == tok.decode(tok.encode("11+11+11+11=")[-6:])
@@ -44,11 +42,30 @@ def test_overlong_prompt_policies_are_never_silent(tok):
 def test_bad_records_are_named(tok):
   with pytest.raises(ValueError, match="sft record 1: empty completion"):
     pipeline.prepare_sft([{"prompt": "1+1=", "completion": "2"}, {"prompt": "1+2=", "completion": ""}],
-                         tok, prompt_len=8, completion_len=4)
+                         pipeline.Layout(tok, 8, 4))
   with pytest.raises(ValueError, match="sft record 0: field 'completion' missing"):
-    pipeline.prepare_sft([{"prompt": "1+1="}], tok, prompt_len=8, completion_len=4)
+    pipeline.prepare_sft([{"prompt": "1+1="}], pipeline.Layout(tok, 8, 4))
   with pytest.raises(ValueError, match="unknown overlong policy 'cut'"):
-    pipeline.prepare_sft([], tok, prompt_len=8, completion_len=4, overlong="cut")
+    pipeline.Layout(tok, 8, 4, overlong="cut")
+
+
+def test_preference_pairs_and_end_by_length():
+  tok = tokenizer_lib.CharTokenizer("abcd")
+  records = [{"prompt": "ab", "chosen": "abcd", "rejected": "", "chosen_gold": 2.0,
+              "rejected_gold": -1.0},
+             {"prompt": "ab", "chosen": "cc", "rejected": "cc"},             # identical: dropped
+             {"prompt": "ab", "chosen": "abcdab", "rejected": "a"}]          # 6 > 4: dropped
+  layout = pipeline.Layout(tok, 3, 4, overlong="drop", allow_empty=True, end_by_length=True)
+  arrays, stats = pipeline.prepare_preference(records, layout)
+  assert stats.as_dict() == {"kept": 1, "dropped/identical_pair": 1,
+                             "dropped/overlong_completion": 1}
+  # "abcd" fills completion_len=4 exactly: it ended by length, no EOS; "" is EOS alone.
+  np.testing.assert_array_equal(arrays["chosen_tokens"][0], [1, 3, 4, 3, 4, 5, 6])
+  np.testing.assert_array_equal(arrays["rejected_tokens"][0], [1, 3, 4, 2, 0, 0, 0])
+  np.testing.assert_array_equal(arrays["rejected_completion_mask"][0], [0, 0, 0, 1, 0, 0, 0])
+  assert arrays["chosen_gold"][0] == 2.0 and arrays["rejected_gold"][0] == -1.0
+  with pytest.raises(ValueError, match=r"preference record 0 \(rejected\): empty completion"):
+    pipeline.prepare_preference(records[:1], pipeline.Layout(tok, 3, 4, end_by_length=True))
 
 
 def _ids_dataset(n):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from rlhf_jax.losses import policy
+from rlhf_jax.losses import policy, sft
 
 # Ratios [1.5, 0.5, 1.1, 1.0] with advantages [1, -1, -2, 3].
 OLD = np.zeros((1, 4))
@@ -86,16 +86,18 @@ def test_policy_gradients():
         # Ratios exactly 1.4 or 0.9: away from the clip kinks at 0.8 / 1.2.
         logp = old + np.log(np.array([[1.4, 0.9, 1.0], [0.9, 1.4, 1.0]]))
         mask = np.array([[1, 1, 1], [1, 1, 0]])
-        for level in policy.RATIO_LEVELS:
-            check_grads(jax.jit(lambda x: policy.ppo_policy_loss(x, old, adv, mask, clip_eps=0.2, level=level)),
-                        (logp,), order=1, modes=("rev",))
         values = np.array([[1.0, 0.0, 2.0], [0.1, 0.2, 0.3]])
         old_v, ret = values + np.array([[0.5, -0.05, 0.0], [0.0, 0.4, -0.3]]), rng.normal(size=(2, 3))
-        check_grads(jax.jit(lambda v: policy.value_loss(v, old_v, ret, mask, clip_eps=0.2)), (values,),
-                    order=1, modes=("rev",))
         logits, tokens = rng.normal(size=(2, 3, 5)), rng.integers(0, 5, size=(2, 3))
-        check_grads(jax.jit(lambda z: policy.entropy_bonus(z, mask, coef=0.1)
-                            + policy.ptx_loss(z, tokens, mask, coef=0.5)), (logits,), order=1, modes=("rev",))
+
+        @jax.jit
+        def all_policy_losses(x, v, z):  # one check, one compilation
+            return ([policy.ppo_policy_loss(x, old, adv, mask, clip_eps=0.2, level=lv)
+                     for lv in policy.RATIO_LEVELS]
+                    + [policy.value_loss(v, old_v, ret, mask, clip_eps=0.2),
+                       policy.entropy_bonus(z, mask, coef=0.1), policy.ptx_loss(z, tokens, mask, coef=0.5)])
+
+        check_grads(all_policy_losses, (logp, values, logits), order=1, modes=("rev",))
 
 
 def test_value_loss_hand_values():
@@ -117,6 +119,24 @@ def test_entropy_bonus_and_ptx_hand_values():
                                [[-0.01 * math.log(4.0), 0.0]], rtol=1e-6)
     np.testing.assert_allclose(call(policy.ptx_loss, logits, np.array([[3, 1]]), mask, coef=0.5),
                                [[0.5 * math.log(4.0), 0.0]], rtol=1e-6)
+
+
+def test_token_losses_padding_invariance():
+    rng = np.random.default_rng(2)
+    logits, tokens = rng.normal(size=(2, 3, 5)), rng.integers(0, 5, size=(2, 3))
+    mask = np.array([[1, 1, 0], [1, 0, 0]])
+    padded = (np.concatenate([logits, np.full((2, 2, 5), 1e4)], axis=1),
+              np.concatenate([tokens, np.zeros((2, 2), np.int64)], axis=1),
+              np.concatenate([mask, np.zeros((2, 2), np.int64)], axis=1))
+
+    @jax.jit
+    def all_token_losses(z, y, m):
+        return (policy.entropy_bonus(z, m, coef=0.1), policy.ptx_loss(z, y, m, coef=0.5),
+                sft.sft_loss(z, y, m, label_smoothing=0.1))
+
+    for base, pad in zip(all_token_losses(logits, tokens, mask), all_token_losses(*padded)):
+        np.testing.assert_allclose(np.asarray(pad)[:, :3], base, rtol=1e-6)
+        np.testing.assert_array_equal(np.asarray(pad)[:, 3:], 0.0)
 
 
 def test_policy_errors():

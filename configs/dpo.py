@@ -1,0 +1,46 @@
+"""DPO (or any preference loss) from an SFT export, on the enumerable world's gold-labelled pairs.
+
+  python -m rlhf_jax.main --config=configs/sft.py:enumerable --workdir=runs/sft_enum
+  python -m rlhf_jax.main --config=configs/dpo.py --workdir=runs/dpo \\
+      --config.init.from_workdir=runs/sft_enum --config.loss.name=ipo --config.loss.beta=0.5
+Variants: `test` (seconds), `bt` (labels sampled from the Bradley-Terry model of the gold reward,
+whose DPO optimum is π* ∝ π_ref·exp(gold/β)), `arithmetic` (correct vs near-miss answers).
+"""
+
+import ml_collections
+
+from rlhf_jax import configlib, defaults
+
+
+def get_config(arg=None):
+  variants = configlib.parse_variants(arg, {"test", "bt", "arithmetic"})
+  c = defaults.base_config()
+  c.stage = "dpo"
+  if "arithmetic" not in variants:
+    defaults.use_enumerable_world(c)
+  if "bt" in variants:
+    c.task.params.labels = "bradley_terry"
+  c.loss = ml_collections.ConfigDict({
+      "name": "dpo", "beta": 0.5, "label_smoothing": 0.0, "simpo_gamma": 0.5,
+      "sft_coef": 0.0})
+  # Exact evaluation on the enumerable world: prompts scored over every completion.
+  c.eval = ml_collections.ConfigDict({"exact_prompts": 8, "exact_batch_size": 4096})
+  c.optimizer.lr = 1e-3
+  c.train.num_steps = 300
+  c.train.eval_every = 100
+  c.train.eval_examples = 1024
+  if "test" in variants:
+    if "arithmetic" in variants:
+      c.task.params.max_operand = 19
+    else:
+      c.task.params.num_sft = (2048, 256)
+      c.task.params.num_pairs = (512, 128)
+    c.eval.exact_prompts = 2
+    c.data.batch_size = 16
+    c.train.num_steps = 10
+    c.train.log_every = 2
+    c.train.eval_every = 5
+    c.train.eval_examples = 64
+    c.train.checkpoint_every = 10
+    c.train.tensorboard = False
+  return c

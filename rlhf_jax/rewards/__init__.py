@@ -1,0 +1,1 @@
+"""Rewards: learned reward models (and ensembles), gold functions, verifiers."""

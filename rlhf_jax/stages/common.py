@@ -1,0 +1,62 @@
+"""Pieces every stage shares: mesh and rules, task records, tokenizer, layout, model init."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from rlhf_jax import models
+from rlhf_jax.data import builders, pipeline, tokenizer as tokenizer_lib
+from rlhf_jax.parallel import distributed, mesh as mesh_lib
+from rlhf_jax.train import export
+
+
+def mesh_and_rules(config):
+  return (mesh_lib.make_mesh(config.mesh.to_dict()),
+          tuple(tuple(r) for r in config.logical_axis_rules))
+
+
+def task_params(config) -> dict[str, Any]:
+  return dict(config.task.params.to_dict()) if "params" in config.task else {}
+
+
+def make_task(config):
+  return builders.make_task(config.task.name, **task_params(config))
+
+
+def records(config, workdir: str, kind: str, split: str):
+  """Decoded records of the task's `kind` ('sft' | 'preference' | 'prompt') split, prepared once
+  (by process 0) under data.data_dir or <workdir>/data."""
+  data_dir = config.data.data_dir or os.path.join(workdir, "data")
+  source = distributed.on_process_zero_first(
+      f"data/{kind}/{split}", lambda: builders.load_split(
+          config.task.name, kind, split, data_dir=data_dir, task_params=task_params(config)))
+  return [builders.decode_record(source[i]) for i in range(len(source))]
+
+
+def tokenizer_spec(config, workdir: str, task) -> dict:
+  """The tokenizer of this run: the init checkpoint's, a char alphabet, a given sentencepiece
+  file, or one trained from the task's text and cached at <workdir>/tokenizer.model."""
+  if config.init.from_workdir:
+    return export.load_meta(config.init.from_workdir)["tokenizer"]
+  tc = config.tokenizer
+  if tc.kind == "char":
+    return {"kind": "char", "alphabet": task.alphabet}
+  if tc.kind != "sentencepiece":
+    raise ValueError(f"unknown tokenizer.kind {tc.kind!r}; valid: ['char', 'sentencepiece']")
+  path = tc.path or os.path.join(workdir, "tokenizer.model")
+  distributed.on_process_zero_first(
+      "tokenizer", lambda: tokenizer_lib.load_or_train(path, task.texts, vocab_size=tc.vocab_size))
+  return {"kind": "sentencepiece", "path": os.path.abspath(path)}
+
+
+def layout(config, tok) -> pipeline.Layout:
+  return pipeline.Layout.from_config(tok, config.data)
+
+
+def model_config(config, vocab_size: int) -> models.ModelConfig:
+  """The run's model shape: the init checkpoint's, or the preset with the tokenizer's vocab."""
+  if config.init.from_workdir:
+    return export.load_meta_model(config.init.from_workdir)
+  return models.get_model_config(config.model.preset, vocab_size=vocab_size,
+                                 dtype=config.model.dtype)

@@ -1,0 +1,109 @@
+"""DPO stage: a policy and its frozen reference (both from an SFT export) on preference pairs.
+
+The reference's sequence log-probs are computed once over the train and eval pairs and cached at
+`<workdir>/reference_logps.npz`; only the policy is held in the train state. Any loss of the
+preference family runs via `--config.loss.name=...` (dpo, ipo, cdpo, robust, hinge, sppo_hard,
+nca_pair, bco_pair, apo_zero, apo_down, simpo, orpo). On the enumerable world, evaluation is exact
+(train/enumerable_eval.py): eval/gold_reward, eval/kl and eval/kl_to_optimum.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import numpy as np
+
+from rlhf_jax.data import pipeline, tokenizer as tokenizer_lib
+from rlhf_jax.parallel import distributed
+from rlhf_jax.stages import common
+from rlhf_jax.train import dpo as dpo_steps, export, loop, optimizer as optimizer_lib
+from rlhf_jax.train import state as state_lib
+from rlhf_jax.train.enumerable_eval import EnumerableEvaluator
+
+
+def reference_logps(graphdef, ref_params, arrays, mesh, config, cache_path: str, split: str):
+  """Adds ref_chosen_logps / ref_rejected_logps [N] to `arrays`, from the cache when present."""
+  key_c, key_r = f"{split}_chosen", f"{split}_rejected"
+  cache = dict(np.load(cache_path)) if os.path.exists(cache_path) else {}
+  n = len(arrays["chosen_tokens"])
+  if key_c not in cache or len(cache[key_c]) != n:
+    step = jax.jit(dpo_steps.make_reference_step(graphdef, config.data.prompt_len))
+    chosen, rejected = [], []
+    for local in pipeline.eval_batches(arrays, global_batch=config.data.batch_size):
+      c, r = step(ref_params, loop.to_global(local, mesh))
+      chosen.append(np.asarray(jax.device_get(c)))
+      rejected.append(np.asarray(jax.device_get(r)))
+    cache[key_c], cache[key_r] = np.concatenate(chosen)[:n], np.concatenate(rejected)[:n]
+    if jax.process_index() == 0:
+      np.savez(cache_path, **cache)
+    logging.info("reference log-probs of %d %s pairs computed and cached", n, split)
+  return {**arrays, "ref_chosen_logps": cache[key_c].astype(np.float32),
+          "ref_rejected_logps": cache[key_r].astype(np.float32)}
+
+
+def make_evaluator(graphdef, arrays, mesh, config, exact_eval):
+  eval_step = jax.jit(dpo_steps.make_eval_step(graphdef, config.loss.beta, config.data.prompt_len))
+
+  def evaluate(state) -> dict:
+    totals = {}
+    for local in pipeline.eval_batches(arrays, global_batch=config.data.batch_size,
+                                       process_index=jax.process_index(),
+                                       process_count=jax.process_count(),
+                                       max_examples=config.train.eval_examples):
+      for k, v in eval_step(state.params, loop.to_global(local, mesh)).items():
+        totals[k] = totals.get(k, 0.0) + float(v)
+    n = max(totals["pairs"], 1.0)
+    out = {"accuracy": totals["correct"] / n, "margin": totals["margin"] / n}
+    if exact_eval is not None:
+      out.update(exact_eval.metrics(state.params, beta=config.loss.beta))
+    return out
+
+  return evaluate
+
+
+def run(config, workdir: str) -> loop.LoopResult:
+  if not config.init.from_workdir:
+    raise ValueError("dpo: set config.init.from_workdir to an SFT run (policy and reference "
+                     "start from its export)")
+  mesh, rules = common.mesh_and_rules(config)
+  task = common.make_task(config)
+  tok_spec = common.tokenizer_spec(config, workdir, task)
+  layout = common.layout(config, tokenizer_lib.from_spec(tok_spec))
+  sft = export.load(config.init.from_workdir, mesh, rules, kind="lm")
+  os.makedirs(workdir, exist_ok=True)
+  cache = os.path.join(workdir, "reference_logps.npz")
+  arrays = {}
+  for split in ("train", "test"):
+    pairs, _ = pipeline.prepare_preference(common.records(config, workdir, "preference", split),
+                                           layout, name=f"preference/{split}")
+    arrays[split] = distributed.on_process_zero_first(
+        f"ref/{split}", lambda p=pairs, s=split: reference_logps(sft.graphdef, sft.params, p, mesh,
+                                                                 config, cache, s))
+
+  tx = optimizer_lib.make_optimizer(config.optimizer, config.train.num_steps)
+  make_model = lambda rngs: export.make_model("lm", sft.model_config, rngs)
+  graphdef, state, shardings = state_lib.init_state(make_model, tx, mesh, rules, config.seed,
+                                                    params=sft.params)
+  exact_eval = None
+  if config.task.name == "enumerable":
+    exact_eval = EnumerableEvaluator(task, layout, graphdef, mesh,
+                                     batch_size=config.eval.exact_batch_size,
+                                     max_prompts=config.eval.exact_prompts)
+    exact_eval.set_reference(sft.params)
+
+  train_iter = iter(pipeline.train_dataset(
+      arrays["train"], global_batch=config.data.batch_size, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count()))
+  result = loop.run(config=config, workdir=workdir, mesh=mesh, state=state,
+                    state_shardings=shardings,
+                    train_step=dpo_steps.make_train_step(graphdef, tx, config.loss,
+                                                         config.data.prompt_len),
+                    train_iter=train_iter,
+                    evaluate=make_evaluator(graphdef, arrays["test"], mesh, config, exact_eval),
+                    tokens_per_step=lambda b: int(b["chosen_mask"].sum() + b["rejected_mask"].sum()))
+  if result.state.step == config.train.num_steps:
+    export.save(workdir, result.state.params, kind="lm", model_config=sft.model_config,
+                tokenizer=tok_spec)
+  return result

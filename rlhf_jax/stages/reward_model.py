@@ -1,0 +1,105 @@
+"""Reward-model stage: an ensemble of E scalar models (E = 1 by default) on preference pairs.
+
+Backbones start from `config.init.from_workdir` (an SFT export) when given; heads start from
+per-member seeds. Produces `<workdir>/export` (kind "scalar", extra: ensemble_size and the
+optional normalisation so that reference-policy samples score mean 0, std 1).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+import numpy as np
+
+from rlhf_jax.data import pipeline, tokenizer as tokenizer_lib
+from rlhf_jax.rewards import learned
+from rlhf_jax.stages import common
+from rlhf_jax.train import export, loop, optimizer as optimizer_lib, reward_model as rm_steps
+from rlhf_jax.train import state as state_lib
+
+
+def with_index(arrays: dict) -> dict:
+  n = len(next(iter(arrays.values())))
+  return {**arrays, "index": np.arange(n, dtype=np.int32)}
+
+
+def make_evaluator(graphdef, arrays, mesh, config):
+  eval_step = jax.jit(rm_steps.make_eval_step(graphdef))
+
+  def evaluate(state) -> dict:
+    totals = {}
+    for local in pipeline.eval_batches(arrays, global_batch=config.data.batch_size,
+                                       process_index=jax.process_index(),
+                                       process_count=jax.process_count(),
+                                       max_examples=config.train.eval_examples):
+      for k, v in eval_step(state.params, loop.to_global(local, mesh)).items():
+        totals[k] = totals.get(k, 0.0) + float(v)
+    n = max(totals["pairs"], 1.0)
+    return {"accuracy": totals["correct_ensemble"] / n,
+            "member_accuracy": totals["correct_members"] / n, "loss": totals["bt_loss"] / n}
+
+  return evaluate
+
+
+def reference_normalization(graphdef, params, sft_arrays, mesh, config) -> dict:
+  """Mean and std of the (mean-combined) reward over reference-policy samples."""
+  score = jax.jit(lambda p, b: learned.combine(
+      learned.ensemble_scores(graphdef, p, b["tokens"], b["mask"])))
+  values = []
+  for local in pipeline.eval_batches(sft_arrays, global_batch=config.data.batch_size,
+                                     max_examples=config.reward.normalization_examples):
+    r_B = np.asarray(jax.device_get(score(params, loop.to_global(local, mesh))))
+    values.append(r_B[local["mask"].sum(1) > 0])
+  values = np.concatenate(values)
+  return {"mean": float(values.mean()), "std": float(values.std() + 1e-6),
+          "examples": int(values.size)}
+
+
+def run(config, workdir: str) -> loop.LoopResult:
+  mesh, rules = common.mesh_and_rules(config)
+  task = common.make_task(config)
+  tok_spec = common.tokenizer_spec(config, workdir, task)
+  tok = tokenizer_lib.from_spec(tok_spec)
+  layout = common.layout(config, tok)
+  train_arrays, _ = pipeline.prepare_preference(
+      common.records(config, workdir, "preference", "train"), layout, name="preference/train")
+  eval_arrays, _ = pipeline.prepare_preference(
+      common.records(config, workdir, "preference", "test"), layout, name="preference/test")
+
+  model_cfg = common.model_config(config, tok.vocab_size)
+  make_model = lambda rngs: export.make_model("scalar", model_cfg, rngs)
+  shared = None
+  if config.init.from_workdir:
+    lm = export.load(config.init.from_workdir, mesh, rules, kind="lm").params
+    shared = {"backbone": {k: v for k, v in lm.items() if k != "lm_head"}}
+  rc = config.reward
+  tx = optimizer_lib.make_optimizer(config.optimizer, config.train.num_steps)
+  seeds = [config.seed * 1000 + e for e in range(rc.ensemble_size)]
+  graphdef, state, shardings = state_lib.init_ensemble_state(make_model, tx, mesh, rules, seeds,
+                                                             shared=shared)
+  logging.info("reward model: %d member(s), %s parameters", rc.ensemble_size,
+               f"{state_lib.param_count(state.params):,}")
+
+  train_step = rm_steps.make_train_step(
+      graphdef, tx, loss_name=config.loss.name,
+      loss_kwargs={"margin": config.loss.margin, "centering_coef": config.loss.centering_coef},
+      ensemble_size=rc.ensemble_size, data_fraction=rc.data_fraction, seed=config.seed)
+  train_iter = iter(pipeline.train_dataset(
+      with_index(train_arrays), global_batch=config.data.batch_size, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count()))
+  result = loop.run(config=config, workdir=workdir, mesh=mesh, state=state,
+                    state_shardings=shardings, train_step=train_step, train_iter=train_iter,
+                    evaluate=make_evaluator(graphdef, eval_arrays, mesh, config),
+                    tokens_per_step=lambda b: int(b["chosen_mask"].sum() + b["rejected_mask"].sum()))
+  if result.state.step == config.train.num_steps:
+    extra = {"ensemble_size": rc.ensemble_size}
+    if rc.normalize:
+      sft_arrays, _ = pipeline.prepare_sft(common.records(config, workdir, "sft", "test"), layout,
+                                           name="normalization")
+      extra["normalization"] = reference_normalization(graphdef, result.state.params, sft_arrays,
+                                                       mesh, config)
+      logging.info("reward normalization: %s", extra["normalization"])
+    export.save(workdir, result.state.params, kind="scalar", model_config=model_cfg,
+                tokenizer=tok_spec, extra=extra)
+  return result
