@@ -23,8 +23,8 @@ def get_config(arg=None):
                                       "centering_coef": 0.0})
   c.reward = ml_collections.ConfigDict({"ensemble_size": 1, "data_fraction": 1.0,
                                         "normalize": True, "normalization_examples": 1024})
-  c.optimizer.lr = 1e-3
-  c.train.num_steps = 400
+  c.optimizer.lr = 3e-3
+  c.train.num_steps = 600
   c.train.eval_every = 100
   c.train.eval_examples = 1024
   if "ensemble" in variants:

@@ -24,7 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
       "allow_empty_completion": False,  # see data/pipeline.py Layout
       "end_by_length": False,
   })
-  c.model = ml_collections.ConfigDict({"preset": "tiny", "dtype": "float32"})
+  c.model = ml_collections.ConfigDict({"preset": "tiny", "family": "llama", "dtype": "float32"})
   # Start from an earlier stage's export (<workdir>/export): its tokenizer, shape and weights.
   c.init = ml_collections.ConfigDict({"from_workdir": ""})
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})

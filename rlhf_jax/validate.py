@@ -15,6 +15,7 @@ def _choices(config) -> list[tuple[str, object, list]]:
                ("optimizer.schedule", config.optimizer.schedule, list(optimizer.SCHEDULES))]
   if "model" in config:
     checks.append(("model.preset", config.model.preset, sorted(models.PRESETS)))
+    checks.append(("model.family", config.model.family, sorted(models.FAMILIES)))
   if "task" in config:
     checks.append(("task.name", config.task.name, sorted(builders.TASKS)))
   if "data" in config:

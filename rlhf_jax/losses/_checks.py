@@ -14,66 +14,66 @@ import jax.numpy as jnp
 
 
 def as_float(x: Any) -> jax.Array:
-    """Returns `x` as a JAX array of at least float32 precision (bf16/f16/int -> f32, f64 stays f64)."""
-    x = jnp.asarray(x)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  """Returns `x` as a JAX array of at least float32 precision (bf16/f16/int -> f32, f64 stays f64)."""
+  x = jnp.asarray(x)
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def as_mask(mask: Any, like: jax.Array) -> jax.Array:
-    """Returns a {0, 1} mask (bool/int/float accepted) in the floating dtype of `like`."""
-    return (jnp.asarray(mask) != 0).astype(like.dtype)
+  """Returns a {0, 1} mask (bool/int/float accepted) in the floating dtype of `like`."""
+  return (jnp.asarray(mask) != 0).astype(like.dtype)
 
 
 def check_choice(fn: str, arg: str, value: Any, choices: Sequence[str]) -> None:
-    """Raises ValueError unless `value` is one of `choices`."""
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(
-            f"{fn}: unknown {arg}={value!r}; valid choices are: "
-            f"{', '.join(repr(c) for c in choices)}.")
+  """Raises ValueError unless `value` is one of `choices`."""
+  if not isinstance(value, str) or value not in choices:
+    raise ValueError(
+        f"{fn}: unknown {arg}={value!r}; valid choices are: "
+        f"{', '.join(repr(c) for c in choices)}.")
 
 
 def check_rank(fn: str, arg: str, x: Any, rank: int, shape_name: str) -> None:
-    """Raises ValueError unless `x` has `rank` dimensions; `shape_name` is e.g. '[B, T]'."""
-    if jnp.ndim(x) != rank:
-        raise ValueError(
-            f"{fn}: `{arg}` must have shape {shape_name} (rank {rank}), "
-            f"got shape {tuple(jnp.shape(x))}.")
+  """Raises ValueError unless `x` has `rank` dimensions; `shape_name` is e.g. '[B, T]'."""
+  if jnp.ndim(x) != rank:
+    raise ValueError(
+        f"{fn}: `{arg}` must have shape {shape_name} (rank {rank}), "
+        f"got shape {tuple(jnp.shape(x))}.")
 
 
 def check_same_shape(fn: str, **arrays: Any) -> None:
-    """Raises ValueError unless all keyword arrays have the same shape."""
-    items = list(arrays.items())
-    ref_name, ref = items[0]
-    for name, x in items[1:]:
-        if jnp.shape(x) != jnp.shape(ref):
-            raise ValueError(
-                f"{fn}: `{name}` has shape {tuple(jnp.shape(x))} but `{ref_name}` has shape "
-                f"{tuple(jnp.shape(ref))}; they must match.")
+  """Raises ValueError unless all keyword arrays have the same shape."""
+  items = list(arrays.items())
+  ref_name, ref = items[0]
+  for name, x in items[1:]:
+    if jnp.shape(x) != jnp.shape(ref):
+      raise ValueError(
+          f"{fn}: `{name}` has shape {tuple(jnp.shape(x))} but `{ref_name}` has shape "
+          f"{tuple(jnp.shape(ref))}; they must match.")
 
 
 def check_scalar_or_batch(fn: str, arg: str, x: Any, batch: int) -> None:
-    """Raises ValueError unless `x` is a scalar or has shape [B]."""
-    if jnp.ndim(x) != 0 and jnp.shape(x) != (batch,):
-        raise ValueError(
-            f"{fn}: `{arg}` must be a scalar or have shape [B] = ({batch},), "
-            f"got shape {tuple(jnp.shape(x))}.")
+  """Raises ValueError unless `x` is a scalar or has shape [B]."""
+  if jnp.ndim(x) != 0 and jnp.shape(x) != (batch,):
+    raise ValueError(
+        f"{fn}: `{arg}` must be a scalar or have shape [B] = ({batch},), "
+        f"got shape {tuple(jnp.shape(x))}.")
 
 
 def check_static_range(fn: str, arg: str, value: Any, *, low: float | None = None,
                        high: float | None = None, low_inclusive: bool = True,
                        high_inclusive: bool = True) -> None:
-    """Checks that a Python-number hyper-parameter lies in a range; traced values are not checked."""
-    if value is None:
-        return
-    try:
-        v = float(value)
-    except Exception:  # Traced values and arrays with several elements are not checked here.
-        return
-    bad_low = low is not None and (v < low if low_inclusive else v <= low)
-    bad_high = high is not None and (v > high if high_inclusive else v >= high)
-    if bad_low or bad_high:
-        lo = "-inf" if low is None else f"{low}"
-        hi = "inf" if high is None else f"{high}"
-        lb = "[" if low_inclusive else "("
-        hb = "]" if high_inclusive else ")"
-        raise ValueError(f"{fn}: `{arg}` must lie in {lb}{lo}, {hi}{hb}, got {value!r}.")
+  """Checks that a Python-number hyper-parameter lies in a range; traced values are not checked."""
+  if value is None:
+    return
+  try:
+    v = float(value)
+  except Exception:  # Traced values and arrays with several elements are not checked here.
+    return
+  bad_low = low is not None and (v < low if low_inclusive else v <= low)
+  bad_high = high is not None and (v > high if high_inclusive else v >= high)
+  if bad_low or bad_high:
+    lo = "-inf" if low is None else f"{low}"
+    hi = "inf" if high is None else f"{high}"
+    lb = "[" if low_inclusive else "("
+    hb = "]" if high_inclusive else ")"
+    raise ValueError(f"{fn}: `{arg}` must lie in {lb}{lo}, {hi}{hb}, got {value!r}.")

@@ -30,59 +30,59 @@ AGGREGATION_MODES = ("token-mean", "sequence-mean-token-mean", "sequence-mean-to
 def aggregate_loss(loss_BxT: jax.Array, mask_BxT: jax.Array, *, mode: str,
                    max_len: int | None = None, num_tokens: float | jax.Array | None = None,
                    num_sequences: float | jax.Array | None = None) -> jax.Array:
-    """Reduces a per-token loss to a scalar; see the module docstring for the modes and their papers.
+  """Reduces a per-token loss to a scalar; see the module docstring for the modes and their papers.
 
-    Args:
-      loss_BxT: [B, T] per-token loss.
-      mask_BxT: [B, T] completion mask; masked entries are ignored even if they hold NaN/inf.
-      mode: one of `AGGREGATION_MODES`.
-      max_len: L for "sequence-mean-token-sum-norm"; defaults to T. Set it to the configured maximum
-        completion length so the result does not depend on the padded width.
-      num_tokens: "token-mean" only: the normaliser (global valid-token count) instead of this batch's
-        count.
-      num_sequences: sequence modes only: the normaliser instead of B.
+  Args:
+    loss_BxT: [B, T] per-token loss.
+    mask_BxT: [B, T] completion mask; masked entries are ignored even if they hold NaN/inf.
+    mode: one of `AGGREGATION_MODES`.
+    max_len: L for "sequence-mean-token-sum-norm"; defaults to T. Set it to the configured maximum
+      completion length so the result does not depend on the padded width.
+    num_tokens: "token-mean" only: the normaliser (global valid-token count) instead of this batch's
+      count.
+    num_sequences: sequence modes only: the normaliser instead of B.
 
-    Returns:
-      A scalar.
-    """
-    fn = "aggregate_loss"
-    _checks.check_choice(fn, "mode", mode, AGGREGATION_MODES)
-    _checks.check_rank(fn, "loss_BxT", loss_BxT, 2, "[B, T]")
-    _checks.check_same_shape(fn, loss_BxT=loss_BxT, mask_BxT=mask_BxT)
-    if num_tokens is not None and mode != "token-mean":
-        raise ValueError(f"{fn}: `num_tokens` is only used by mode='token-mean', got mode={mode!r}.")
-    if num_sequences is not None and mode == "token-mean":
-        raise ValueError(f"{fn}: `num_sequences` is only used by the sequence modes, got mode={mode!r}.")
-    if max_len is not None and mode != "sequence-mean-token-sum-norm":
-        raise ValueError(f"{fn}: `max_len` is only used by mode='sequence-mean-token-sum-norm', "
-                         f"got mode={mode!r}.")
-    loss = _checks.as_float(loss_BxT)
-    mask = _checks.as_mask(mask_BxT, loss)
-    masked = jnp.where(mask > 0, loss, 0.0)
-    b, t = loss.shape
-    if mode == "token-mean":
-        denom = jnp.maximum(jnp.sum(mask), 1.0) if num_tokens is None else num_tokens
-        return jnp.sum(masked) / denom
-    n_seq = b if num_sequences is None else num_sequences
-    if mode == "sequence-mean-token-mean":
-        per_seq_B = jnp.sum(masked, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
-        return jnp.sum(per_seq_B) / n_seq
-    if mode == "sequence-mean-token-sum":
-        return jnp.sum(masked) / n_seq
-    length = t if max_len is None else max_len
-    return jnp.sum(masked) / (n_seq * length)
+  Returns:
+    A scalar.
+  """
+  fn = "aggregate_loss"
+  _checks.check_choice(fn, "mode", mode, AGGREGATION_MODES)
+  _checks.check_rank(fn, "loss_BxT", loss_BxT, 2, "[B, T]")
+  _checks.check_same_shape(fn, loss_BxT=loss_BxT, mask_BxT=mask_BxT)
+  if num_tokens is not None and mode != "token-mean":
+    raise ValueError(f"{fn}: `num_tokens` is only used by mode='token-mean', got mode={mode!r}.")
+  if num_sequences is not None and mode == "token-mean":
+    raise ValueError(f"{fn}: `num_sequences` is only used by the sequence modes, got mode={mode!r}.")
+  if max_len is not None and mode != "sequence-mean-token-sum-norm":
+    raise ValueError(f"{fn}: `max_len` is only used by mode='sequence-mean-token-sum-norm', "
+                     f"got mode={mode!r}.")
+  loss = _checks.as_float(loss_BxT)
+  mask = _checks.as_mask(mask_BxT, loss)
+  masked = jnp.where(mask > 0, loss, 0.0)
+  b, t = loss.shape
+  if mode == "token-mean":
+    denom = jnp.maximum(jnp.sum(mask), 1.0) if num_tokens is None else num_tokens
+    return jnp.sum(masked) / denom
+  n_seq = b if num_sequences is None else num_sequences
+  if mode == "sequence-mean-token-mean":
+    per_seq_B = jnp.sum(masked, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+    return jnp.sum(per_seq_B) / n_seq
+  if mode == "sequence-mean-token-sum":
+    return jnp.sum(masked) / n_seq
+  length = t if max_len is None else max_len
+  return jnp.sum(masked) / (n_seq * length)
 
 
 def masked_sum(x: jax.Array, mask: jax.Array, *, axis: int | tuple[int, ...] | None = None) -> jax.Array:
-    """Sum of `x` where `mask` is 1 (NaN/inf in masked entries are ignored)."""
-    _checks.check_same_shape("masked_sum", x=x, mask=mask)
-    x = _checks.as_float(x)
-    return jnp.sum(jnp.where(_checks.as_mask(mask, x) > 0, x, 0.0), axis=axis)
+  """Sum of `x` where `mask` is 1 (NaN/inf in masked entries are ignored)."""
+  _checks.check_same_shape("masked_sum", x=x, mask=mask)
+  x = _checks.as_float(x)
+  return jnp.sum(jnp.where(_checks.as_mask(mask, x) > 0, x, 0.0), axis=axis)
 
 
 def masked_mean(x: jax.Array, mask: jax.Array, *, axis: int | tuple[int, ...] | None = None) -> jax.Array:
-    """Mean of `x` over the entries where `mask` is 1 (0 if there are none)."""
-    _checks.check_same_shape("masked_mean", x=x, mask=mask)
-    x = _checks.as_float(x)
-    m = _checks.as_mask(mask, x)
-    return masked_sum(x, m, axis=axis) / jnp.maximum(jnp.sum(m, axis=axis), 1.0)
+  """Mean of `x` over the entries where `mask` is 1 (0 if there are none)."""
+  _checks.check_same_shape("masked_mean", x=x, mask=mask)
+  x = _checks.as_float(x)
+  m = _checks.as_mask(mask, x)
+  return masked_sum(x, m, axis=axis) / jnp.maximum(jnp.sum(m, axis=axis), 1.0)

@@ -18,190 +18,195 @@ RATIO_LEVELS = ("token", "sequence")
 
 def _ratio_terms(fn, logp_BxT, old_logp_BxT, advantages_BxT, mask_BxT, clip_eps, clip_eps_high,
                  dual_clip, level):
-    """Shared computation of `ppo_policy_loss` and `ppo_policy_metrics`."""
-    _checks.check_choice(fn, "level", level, RATIO_LEVELS)
-    _checks.check_rank(fn, "logp_BxT", logp_BxT, 2, "[B, T]")
-    _checks.check_same_shape(fn, logp_BxT=logp_BxT, old_logp_BxT=old_logp_BxT,
-                             advantages_BxT=advantages_BxT, mask_BxT=mask_BxT)
-    _checks.check_static_range(fn, "clip_eps", clip_eps, low=0.0)
-    _checks.check_static_range(fn, "clip_eps_high", clip_eps_high, low=0.0)
-    _checks.check_static_range(fn, "dual_clip", dual_clip, low=1.0, low_inclusive=False)
-    logp = _checks.as_float(logp_BxT)
-    old_logp = jax.lax.stop_gradient(_checks.as_float(old_logp_BxT))
-    adv = jax.lax.stop_gradient(_checks.as_float(advantages_BxT))
-    mask = _checks.as_mask(mask_BxT, logp)
-    # Padding may hold garbage log-probs; zero them before exponentiating.
-    log_ratio = jnp.where(mask > 0, logp - old_logp, 0.0)
-    if level == "sequence":
-        seq_log_ratio_B = jnp.sum(log_ratio, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
-        log_ratio = jnp.broadcast_to(seq_log_ratio_B[:, None], log_ratio.shape)
-    ratio = jnp.exp(log_ratio)
-    high = clip_eps if clip_eps_high is None else clip_eps_high
-    unclipped = -adv * ratio
-    clipped = -adv * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + high)
-    loss = jnp.maximum(unclipped, clipped)
-    dual_active = jnp.zeros_like(mask, dtype=bool)
-    if dual_clip is not None:
-        cap = -dual_clip * adv  # positive where adv < 0
-        dual_active = (adv < 0) & (loss > cap)
-        loss = jnp.where(adv < 0, jnp.minimum(loss, cap), loss)
-    return dict(loss=loss * mask, mask=mask, log_ratio=log_ratio, ratio=ratio, adv=adv,
-                clip_active=clipped > unclipped, dual_active=dual_active, high=high)
+  """Shared computation of `ppo_policy_loss` and `ppo_policy_metrics`."""
+  _checks.check_choice(fn, "level", level, RATIO_LEVELS)
+  _checks.check_rank(fn, "logp_BxT", logp_BxT, 2, "[B, T]")
+  _checks.check_same_shape(fn, logp_BxT=logp_BxT, old_logp_BxT=old_logp_BxT,
+                           advantages_BxT=advantages_BxT, mask_BxT=mask_BxT)
+  if clip_eps is None:
+    raise ValueError(f"{fn}: `clip_eps` is required (e.g. 0.2); use a large value to disable clipping.")
+  _checks.check_static_range(fn, "clip_eps", clip_eps, low=0.0)
+  _checks.check_static_range(fn, "clip_eps_high", clip_eps_high, low=0.0)
+  _checks.check_static_range(fn, "dual_clip", dual_clip, low=1.0, low_inclusive=False)
+  logp = _checks.as_float(logp_BxT)
+  old_logp = jax.lax.stop_gradient(_checks.as_float(old_logp_BxT))
+  adv = jax.lax.stop_gradient(_checks.as_float(advantages_BxT))
+  mask = _checks.as_mask(mask_BxT, logp)
+  # Padding may hold garbage log-probs; zero them before exponentiating.
+  log_ratio = jnp.where(mask > 0, logp - old_logp, 0.0)
+  if level == "sequence":
+    seq_log_ratio_B = jnp.sum(log_ratio, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+    log_ratio = jnp.broadcast_to(seq_log_ratio_B[:, None], log_ratio.shape)
+  ratio = jnp.exp(log_ratio)
+  high = clip_eps if clip_eps_high is None else clip_eps_high
+  unclipped = -adv * ratio
+  clipped = -adv * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + high)
+  loss = jnp.maximum(unclipped, clipped)
+  dual_active = jnp.zeros_like(mask, dtype=bool)
+  if dual_clip is not None:
+    cap = -dual_clip * adv  # positive where adv < 0
+    dual_active = (adv < 0) & (loss > cap)
+    loss = jnp.where(adv < 0, jnp.minimum(loss, cap), loss)
+  return dict(loss=loss * mask, mask=mask, log_ratio=log_ratio, ratio=ratio, adv=adv,
+              clip_active=clipped > unclipped, dual_active=dual_active, high=high)
 
 
 def ppo_policy_loss(logp_BxT: jax.Array, old_logp_BxT: jax.Array, advantages_BxT: jax.Array,
                     mask_BxT: jax.Array, *, clip_eps: float, clip_eps_high: float | None = None,
                     dual_clip: float | None = None, level: str = "token") -> jax.Array:
-    r"""Per-token clipped surrogate loss of PPO (Schulman et al. 2017) and its LLM variants.
+  r"""Per-token clipped surrogate loss of PPO (Schulman et al. 2017) and its LLM variants.
 
-    .. math::
-        r_t = \exp(\log\pi_\theta(y_t) - \log\pi_{old}(y_t)), \qquad
-        \ell_t = \max\big(-A_t r_t,\; -A_t\,\mathrm{clip}(r_t, 1 - \epsilon_{low}, 1 + \epsilon_{high})\big)
+  .. math::
+      r_t = \exp(\log\pi_\theta(y_t) - \log\pi_{old}(y_t)), \qquad
+      \ell_t = \max\big(-A_t r_t,\; -A_t\,\mathrm{clip}(r_t, 1 - \epsilon_{low}, 1 + \epsilon_{high})\big)
 
-    - `clip_eps_high` (DAPO "clip-higher", Yu et al. 2025): a separate upper bound; None means symmetric.
-    - `dual_clip` = c > 1 (Ye et al. 2020, "Mastering Complex Control in MOBA Games"): for
-      :math:`A_t < 0` the loss is further capped at :math:`-c A_t`, bounding the update when the ratio
-      is huge.
-    - `level="sequence"` (GSPO, Zheng et al. 2025): every token of a sequence uses the length-normalised
-      sequence ratio :math:`s = \exp\big(\frac{1}{|y|}\sum_t m_t(\log\pi_\theta - \log\pi_{old})\big)`
-      (TRL `importance_sampling_level="sequence"`); GSPO uses small eps such as 3e-4 / 4e-4.
+  - `clip_eps_high` (DAPO "clip-higher", Yu et al. 2025): a separate upper bound; None means symmetric.
+  - `dual_clip` = c > 1 (Ye et al. 2020, "Mastering Complex Control in MOBA Games"): for
+    :math:`A_t < 0` the loss is further capped at :math:`-c A_t`, bounding the update when the ratio
+    is huge.
+  - `level="sequence"` (GSPO, Zheng et al. 2025): every token of a sequence uses the length-normalised
+    sequence ratio :math:`s = \exp\big(\frac{1}{|y|}\sum_t m_t(\log\pi_\theta - \log\pi_{old})\big)`
+    (TRL `importance_sampling_level="sequence"`); GSPO uses small eps such as 3e-4 / 4e-4.
 
-    GRPO (Shao et al. 2024) is this loss with group advantages broadcast over tokens, plus an optional
-    `beta * kl_penalty(..., estimator="k3")` term. Old log-probs and advantages carry no gradient.
+  GRPO (Shao et al. 2024) is this loss with group advantages broadcast over tokens, plus an optional
+  `beta * kl_penalty(..., estimator="k3")` term. Old log-probs and advantages carry no gradient.
 
-    Args:
-      logp_BxT: [B, T] log-probs of the sampled tokens under the current policy.
-      old_logp_BxT: [B, T] log-probs under the policy that generated the samples.
-      advantages_BxT: [B, T] advantages (e.g. `gae` or `sequence_to_token(group_advantages(...))`).
-      mask_BxT: [B, T] completion mask.
-      clip_eps: lower clip range (and upper one if `clip_eps_high` is None), e.g. 0.2.
-      clip_eps_high: optional upper clip range, e.g. 0.28 in DAPO.
-      dual_clip: optional c > 1 (3.0 is common).
-      level: "token" (PPO/GRPO) or "sequence" (GSPO).
+  Args:
+    logp_BxT: [B, T] log-probs of the sampled tokens under the current policy.
+    old_logp_BxT: [B, T] log-probs under the policy that generated the samples.
+    advantages_BxT: [B, T] advantages (e.g. `gae` or `sequence_to_token(group_advantages(...))`).
+    mask_BxT: [B, T] completion mask.
+    clip_eps: lower clip range (and upper one if `clip_eps_high` is None), e.g. 0.2.
+    clip_eps_high: optional upper clip range, e.g. 0.28 in DAPO.
+    dual_clip: optional c > 1 (3.0 is common).
+    level: "token" (PPO/GRPO) or "sequence" (GSPO).
 
-    Returns:
-      loss_BxT: [B, T], 0 on padding.
-    """
-    terms = _ratio_terms("ppo_policy_loss", logp_BxT, old_logp_BxT, advantages_BxT, mask_BxT, clip_eps,
-                         clip_eps_high, dual_clip, level)
-    return terms["loss"]
+  Returns:
+    loss_BxT: [B, T], 0 on padding.
+  """
+  terms = _ratio_terms("ppo_policy_loss", logp_BxT, old_logp_BxT, advantages_BxT, mask_BxT, clip_eps,
+                       clip_eps_high, dual_clip, level)
+  return terms["loss"]
 
 
 def ppo_policy_metrics(logp_BxT: jax.Array, old_logp_BxT: jax.Array, advantages_BxT: jax.Array,
                        mask_BxT: jax.Array, *, clip_eps: float, clip_eps_high: float | None = None,
                        dual_clip: float | None = None, level: str = "token") -> dict[str, jax.Array]:
-    r"""Diagnostics of `ppo_policy_loss` (same arguments), as token-means over the mask, no gradient.
+  r"""Diagnostics of `ppo_policy_loss` (same arguments), as token-means over the mask, no gradient.
 
-    Keys:
-      - ``clip_frac``: fraction of tokens whose clipped branch is active (gradient zeroed by clipping).
-      - ``clip_frac_low`` / ``clip_frac_high``: ratio below :math:`1-\epsilon_{low}` with A < 0 / above
-        :math:`1+\epsilon_{high}` with A > 0.
-      - ``dual_clip_frac``: fraction of tokens capped by the dual clip.
-      - ``approx_kl``: :math:`\tfrac12 (\log r)^2` (the k2 estimate of KL(old || new), as TRL logs it).
-      - ``ratio_mean``, ``ratio_max``: statistics of the importance ratio.
+  Keys:
+    - ``clip_frac``: fraction of tokens whose clipped branch is active (gradient zeroed by clipping).
+    - ``clip_frac_low`` / ``clip_frac_high``: ratio below :math:`1-\epsilon_{low}` with A < 0 / above
+      :math:`1+\epsilon_{high}` with A > 0.
+    - ``dual_clip_frac``: fraction of tokens capped by the dual clip.
+    - ``approx_kl``: :math:`\tfrac12 (\log r)^2` (the k2 estimate of KL(old || new), as TRL logs it).
+    - ``ratio_mean``, ``ratio_max``: statistics of the importance ratio.
 
-    Returns:
-      dict of scalars.
-    """
-    t = _ratio_terms("ppo_policy_metrics", logp_BxT, old_logp_BxT, advantages_BxT, mask_BxT, clip_eps,
-                     clip_eps_high, dual_clip, level)
-    t = jax.tree_util.tree_map(jax.lax.stop_gradient, t)
-    mask, ratio, adv = t["mask"], t["ratio"], t["adv"]
-    n = jnp.maximum(jnp.sum(mask), 1.0)
+  Returns:
+    dict of scalars.
+  """
+  t = _ratio_terms("ppo_policy_metrics", logp_BxT, old_logp_BxT, advantages_BxT, mask_BxT, clip_eps,
+                   clip_eps_high, dual_clip, level)
+  t = jax.tree_util.tree_map(jax.lax.stop_gradient, t)
+  mask, ratio, adv = t["mask"], t["ratio"], t["adv"]
+  n = jnp.maximum(jnp.sum(mask), 1.0)
 
-    def mean(x):
-        return jnp.sum(jnp.where(mask > 0, x.astype(mask.dtype), 0.0)) / n
+  def mean(x):
+    return jnp.sum(jnp.where(mask > 0, x.astype(mask.dtype), 0.0)) / n
 
-    return {
-        "clip_frac": mean(t["clip_active"]),
-        "clip_frac_low": mean((ratio < 1.0 - clip_eps) & (adv < 0)),
-        "clip_frac_high": mean((ratio > 1.0 + t["high"]) & (adv > 0)),
-        "dual_clip_frac": mean(t["dual_active"]),
-        "approx_kl": mean(0.5 * jnp.square(t["log_ratio"])),
-        "ratio_mean": mean(ratio),
-        "ratio_max": jnp.max(jnp.where(mask > 0, ratio, -jnp.inf)),
-    }
+  return {
+      "clip_frac": mean(t["clip_active"]),
+      "clip_frac_low": mean((ratio < 1.0 - clip_eps) & (adv < 0)),
+      "clip_frac_high": mean((ratio > 1.0 + t["high"]) & (adv > 0)),
+      "dual_clip_frac": mean(t["dual_active"]),
+      "approx_kl": mean(0.5 * jnp.square(t["log_ratio"])),
+      "ratio_mean": mean(ratio),
+      "ratio_max": jnp.max(jnp.where(mask > 0, ratio, -jnp.inf)),
+  }
 
 
 def value_loss(values_BxT: jax.Array, old_values_BxT: jax.Array, returns_BxT: jax.Array,
                mask_BxT: jax.Array, *, clip_eps: float | None) -> jax.Array:
-    r"""Per-token clipped value loss of PPO (as in OpenAI baselines, TRL, Ouyang et al. 2022).
+  r"""Per-token clipped value loss of PPO (as in OpenAI baselines, TRL, Ouyang et al. 2022).
 
-    .. math::
-        \ell_t = \tfrac12 \max\big((V_t - R_t)^2,\;
-                 (\mathrm{clip}(V_t, V^{old}_t - \epsilon, V^{old}_t + \epsilon) - R_t)^2\big)
+  .. math::
+      \ell_t = \tfrac12 \max\big((V_t - R_t)^2,\;
+               (\mathrm{clip}(V_t, V^{old}_t - \epsilon, V^{old}_t + \epsilon) - R_t)^2\big)
 
-    `clip_eps=None` gives the unclipped :math:`\tfrac12 (V_t - R_t)^2`. Returns and old values carry no
-    gradient.
+  `clip_eps=None` gives the unclipped :math:`\tfrac12 (V_t - R_t)^2`. Returns and old values carry no
+  gradient.
 
-    Args:
-      values_BxT: [B, T] current value predictions.
-      old_values_BxT: [B, T] value predictions at rollout time.
-      returns_BxT: [B, T] targets (e.g. from `gae`).
-      mask_BxT: [B, T] completion mask.
-      clip_eps: value clip range (e.g. 0.2), or None.
+  Args:
+    values_BxT: [B, T] current value predictions.
+    old_values_BxT: [B, T] value predictions at rollout time.
+    returns_BxT: [B, T] targets (e.g. from `gae`).
+    mask_BxT: [B, T] completion mask.
+    clip_eps: value clip range (e.g. 0.2), or None.
 
-    Returns:
-      loss_BxT: [B, T], 0 on padding.
-    """
-    fn = "value_loss"
-    _checks.check_rank(fn, "values_BxT", values_BxT, 2, "[B, T]")
-    _checks.check_same_shape(fn, values_BxT=values_BxT, old_values_BxT=old_values_BxT,
-                             returns_BxT=returns_BxT, mask_BxT=mask_BxT)
-    _checks.check_static_range(fn, "clip_eps", clip_eps, low=0.0)
-    v = _checks.as_float(values_BxT)
-    v_old = jax.lax.stop_gradient(_checks.as_float(old_values_BxT))
-    ret = jax.lax.stop_gradient(_checks.as_float(returns_BxT))
-    mask = _checks.as_mask(mask_BxT, v)
-    loss = jnp.square(v - ret)
-    if clip_eps is not None:
-        v_clipped = jnp.clip(v, v_old - clip_eps, v_old + clip_eps)
-        loss = jnp.maximum(loss, jnp.square(v_clipped - ret))
-    return jnp.where(mask > 0, 0.5 * loss, 0.0)
+  Returns:
+    loss_BxT: [B, T], 0 on padding.
+  """
+  fn = "value_loss"
+  _checks.check_rank(fn, "values_BxT", values_BxT, 2, "[B, T]")
+  _checks.check_same_shape(fn, values_BxT=values_BxT, old_values_BxT=old_values_BxT,
+                           returns_BxT=returns_BxT, mask_BxT=mask_BxT)
+  _checks.check_static_range(fn, "clip_eps", clip_eps, low=0.0)
+  v = _checks.as_float(values_BxT)
+  v_old = jax.lax.stop_gradient(_checks.as_float(old_values_BxT))
+  ret = jax.lax.stop_gradient(_checks.as_float(returns_BxT))
+  mask = _checks.as_mask(mask_BxT, v)
+  loss = jnp.square(v - ret)
+  if clip_eps is not None:
+    v_clipped = jnp.clip(v, v_old - clip_eps, v_old + clip_eps)
+    loss = jnp.maximum(loss, jnp.square(v_clipped - ret))
+  return jnp.where(mask > 0, 0.5 * loss, 0.0)
 
 
 def entropy_bonus(logits_BxTxV: jax.Array, mask_BxT: jax.Array, *, coef: float) -> jax.Array:
-    r"""Per-token entropy bonus written as a loss to add: :math:`\ell_t = -c\, H(\pi_\theta(\cdot \mid s_t))`.
+  r"""Per-token entropy bonus written as a loss to add: :math:`\ell_t = -c\, H(\pi_\theta(\cdot \mid s_t))`.
 
-    Maximising entropy keeps exploration up (Williams & Peng 1991; Mnih et al. 2016; the PPO paper's
-    :math:`c_2 S` term). The entropy is computed in float32 from the logits.
+  Maximising entropy keeps exploration up (Williams & Peng 1991; Mnih et al. 2016; the PPO paper's
+  :math:`c_2 S` term). The entropy is computed in float32 from the logits.
 
-    Args:
-      logits_BxTxV: [B, T, V] policy logits at the completion positions.
-      mask_BxT: [B, T] completion mask.
-      coef: entropy coefficient c >= 0 (e.g. 0.01).
+  Args:
+    logits_BxTxV: [B, T, V] policy logits at the completion positions.
+    mask_BxT: [B, T] completion mask.
+    coef: entropy coefficient c >= 0 (e.g. 0.01).
 
-    Returns:
-      loss_BxT: [B, T], 0 on padding.
-    """
-    fn = "entropy_bonus"
-    _checks.check_static_range(fn, "coef", coef, low=0.0)
-    entropy_BxT = logprobs.token_entropy(logits_BxTxV)
-    _checks.check_same_shape(fn, entropy_BxT=entropy_BxT, mask_BxT=mask_BxT)
-    mask = _checks.as_mask(mask_BxT, entropy_BxT)
-    return jnp.where(mask > 0, -coef * entropy_BxT, 0.0)
+  Returns:
+    loss_BxT: [B, T], 0 on padding.
+  """
+  fn = "entropy_bonus"
+  _checks.check_static_range(fn, "coef", coef, low=0.0)
+  _checks.check_rank(fn, "logits_BxTxV", logits_BxTxV, 3, "[B, T, V]")
+  if jnp.shape(logits_BxTxV)[:2] != jnp.shape(mask_BxT):
+    raise ValueError(f"{fn}: `mask_BxT` has shape {tuple(jnp.shape(mask_BxT))} but `logits_BxTxV` has "
+                     f"shape {tuple(jnp.shape(logits_BxTxV))}; the leading [B, T] must match.")
+  entropy_BxT = logprobs.token_entropy(logits_BxTxV)
+  mask = _checks.as_mask(mask_BxT, entropy_BxT)
+  return jnp.where(mask > 0, -coef * entropy_BxT, 0.0)
 
 
 def ptx_loss(logits_BxTxV: jax.Array, tokens_BxT: jax.Array, mask_BxT: jax.Array, *,
              coef: float) -> jax.Array:
-    r"""Per-token pretraining-mix term of PPO-ptx (Ouyang et al. 2022, eq. 2):
-    :math:`\ell_t = -\gamma\,\log\pi_\theta(x_t)` on a batch of pretraining (or SFT) text.
+  r"""Per-token pretraining-mix term of PPO-ptx (Ouyang et al. 2022, eq. 2):
+  :math:`\ell_t = -\gamma\,\log\pi_\theta(x_t)` on a batch of pretraining (or SFT) text.
 
-    InstructGPT maximises :math:`\gamma E_{x \sim D_{pretrain}}[\log\pi_\theta(x)]` next to the RL objective
-    to reduce the "alignment tax"; add the aggregated result to the PPO loss.
+  InstructGPT maximises :math:`\gamma E_{x \sim D_{pretrain}}[\log\pi_\theta(x)]` next to the RL objective
+  to reduce the "alignment tax"; add the aggregated result to the PPO loss.
 
-    Args:
-      logits_BxTxV: [B, T, V] policy logits on the pretraining batch, aligned with `tokens_BxT`.
-      tokens_BxT: [B, T] target tokens.
-      mask_BxT: [B, T] 1 for tokens that count.
-      coef: gamma >= 0.
+  Args:
+    logits_BxTxV: [B, T, V] policy logits on the pretraining batch, aligned with `tokens_BxT`.
+    tokens_BxT: [B, T] target tokens.
+    mask_BxT: [B, T] 1 for tokens that count.
+    coef: gamma >= 0.
 
-    Returns:
-      loss_BxT: [B, T], 0 on padding.
-    """
-    fn = "ptx_loss"
-    _checks.check_static_range(fn, "coef", coef, low=0.0)
-    logp_BxT = logprobs.token_logps(logits_BxTxV, tokens_BxT)
-    _checks.check_same_shape(fn, tokens_BxT=tokens_BxT, mask_BxT=mask_BxT)
-    mask = _checks.as_mask(mask_BxT, logp_BxT)
-    return jnp.where(mask > 0, -coef * logp_BxT, 0.0)
+  Returns:
+    loss_BxT: [B, T], 0 on padding.
+  """
+  fn = "ptx_loss"
+  _checks.check_static_range(fn, "coef", coef, low=0.0)
+  _checks.check_same_shape(fn, tokens_BxT=tokens_BxT, mask_BxT=mask_BxT)
+  logp_BxT = logprobs.token_logps(logits_BxTxV, tokens_BxT)
+  mask = _checks.as_mask(mask_BxT, logp_BxT)
+  return jnp.where(mask > 0, -coef * logp_BxT, 0.0)

@@ -25,52 +25,52 @@ FAMILIES = ("reward", "preference", "sft", "kl", "policy", "advantages", "aggreg
 
 
 class UnknownNameError(ValueError, KeyError):
-    """Unknown registry name. Subclasses both ValueError and KeyError so either `except` works."""
+  """Unknown registry name. Subclasses both ValueError and KeyError so either `except` works."""
 
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
+  def __str__(self) -> str:
+    return str(self.args[0]) if self.args else ""
 
 
 _REGISTRY: dict[str, tuple[str, Callable]] = {}
 
 
 def register(name: str, fn: Callable, *, family: str) -> Callable:
-    """Adds `fn` under `name`; raises ValueError if the name is taken or the family unknown."""
-    if family not in FAMILIES:
-        raise ValueError(f"register: unknown family={family!r}; valid choices are: {', '.join(FAMILIES)}.")
-    if name in _REGISTRY:
-        raise ValueError(f"register: name {name!r} is already registered.")
-    _REGISTRY[name] = (family, fn)
-    return fn
+  """Adds `fn` under `name`; raises ValueError if the name is taken or the family unknown."""
+  if family not in FAMILIES:
+    raise ValueError(f"register: unknown family={family!r}; valid choices are: {', '.join(FAMILIES)}.")
+  if name in _REGISTRY:
+    raise ValueError(f"register: name {name!r} is already registered.")
+  _REGISTRY[name] = (family, fn)
+  return fn
 
 
 def get(name: str) -> Callable:
-    """Returns the function registered as `name`; unknown names raise `UnknownNameError` listing the valid
-    names."""
-    try:
-        return _REGISTRY[name][1]
-    except (KeyError, TypeError):
-        raise UnknownNameError(
-            f"Unknown loss name {name!r}; valid names are: {', '.join(names())}.") from None
+  """Returns the function registered as `name`; unknown names raise `UnknownNameError` listing the valid
+  names."""
+  try:
+    return _REGISTRY[name][1]
+  except (KeyError, TypeError):
+    raise UnknownNameError(
+        f"Unknown loss name {name!r}; valid names are: {', '.join(names())}.") from None
 
 
 def family(name: str) -> str:
-    """Returns the family of a registered name."""
-    get(name)
-    return _REGISTRY[name][0]
+  """Returns the family of a registered name."""
+  get(name)
+  return _REGISTRY[name][0]
 
 
 def names(family: str | None = None) -> list[str]:
-    """Sorted registered names, optionally only those of one family."""
-    if family is not None and family not in FAMILIES:
-        raise ValueError(f"names: unknown family={family!r}; valid choices are: {', '.join(FAMILIES)}.")
-    return sorted(n for n, (f, _) in _REGISTRY.items() if family is None or f == family)
+  """Sorted registered names, optionally only those of one family."""
+  if family is not None and family not in FAMILIES:
+    raise ValueError(f"names: unknown family={family!r}; valid choices are: {', '.join(FAMILIES)}.")
+  return sorted(n for n, (f, _) in _REGISTRY.items() if family is None or f == family)
 
 
 def _partial(fn: Callable, **kwargs) -> Callable:
-    p = functools.partial(fn, **kwargs)
-    p.__doc__ = fn.__doc__
-    return p
+  p = functools.partial(fn, **kwargs)
+  p.__doc__ = fn.__doc__
+  return p
 
 
 # Reward models.
@@ -80,7 +80,7 @@ register("plackett_luce", reward.plackett_luce_loss, family="reward")
 # Direct alignment. DPO variants use TRL's `loss_type` names, except that "sigmoid" is called "dpo".
 register("dpo", _partial(preference.dpo_loss, variant="sigmoid"), family="preference")
 for _variant in preference.DPO_VARIANTS[1:]:
-    register(_variant, _partial(preference.dpo_loss, variant=_variant), family="preference")
+  register(_variant, _partial(preference.dpo_loss, variant=_variant), family="preference")
 register("simpo", preference.simpo_loss, family="preference")
 register("orpo", preference.orpo_loss, family="preference")
 register("chosen_nll", preference.chosen_nll_loss, family="preference")

@@ -11,37 +11,36 @@ from rlhf_jax.losses import logprobs
 
 def sft_loss(logits_BxTxV: jax.Array, tokens_BxT: jax.Array, mask_BxT: jax.Array | None = None, *,
              label_smoothing: float = 0.0) -> jax.Array:
-    r"""Per-token negative log-likelihood (optionally label-smoothed), unreduced.
+  r"""Per-token negative log-likelihood (optionally label-smoothed), unreduced.
 
-    .. math::
-        \ell_t = m_t \Big[ -(1 - \epsilon) \log p(y_t) - \frac{\epsilon}{V} \sum_v \log p(v) \Big]
+  .. math::
+      \ell_t = m_t \Big[ -(1 - \epsilon) \log p(y_t) - \frac{\epsilon}{V} \sum_v \log p(v) \Big]
 
-    With :math:`\epsilon = 0` this is the maximum-likelihood objective of supervised fine-tuning
-    (Ouyang et al. 2022, "Training language models to follow instructions with human feedback", step 1).
-    Label smoothing follows Szegedy et al. 2016, "Rethinking the Inception Architecture".
-    Reduce with `aggregate_loss` (e.g. mode="token-mean").
+  With :math:`\epsilon = 0` this is the maximum-likelihood objective of supervised fine-tuning
+  (Ouyang et al. 2022, "Training language models to follow instructions with human feedback", step 1).
+  Label smoothing follows Szegedy et al. 2016, "Rethinking the Inception Architecture".
+  Reduce with `aggregate_loss` (e.g. mode="token-mean").
 
-    Args:
-      logits_BxTxV: [B, T, V] logits aligned with `tokens_BxT` (computed in float32).
-      tokens_BxT: [B, T] target token ids.
-      mask_BxT: [B, T] 1 for tokens that count (completion), 0 otherwise; None means every token counts.
-      label_smoothing: epsilon in [0, 1).
+  Args:
+    logits_BxTxV: [B, T, V] logits aligned with `tokens_BxT` (computed in float32).
+    tokens_BxT: [B, T] target token ids.
+    mask_BxT: [B, T] 1 for tokens that count (completion), 0 otherwise; None means every token counts.
+    label_smoothing: epsilon in [0, 1).
 
-    Returns:
-      loss_BxT: [B, T] float32, 0 where the mask is 0.
-    """
-    fn = "sft_loss"
-    _checks.check_static_range(fn, "label_smoothing", label_smoothing, low=0.0, high=1.0,
-                               high_inclusive=False)
-    logp_BxT = logprobs.token_logps(logits_BxTxV, tokens_BxT)
-    if mask_BxT is None:
-        mask_BxT = jnp.ones_like(logp_BxT)
+  Returns:
+    loss_BxT: [B, T] float32, 0 where the mask is 0.
+  """
+  fn = "sft_loss"
+  _checks.check_static_range(fn, "label_smoothing", label_smoothing, low=0.0, high=1.0,
+                             high_inclusive=False)
+  if mask_BxT is not None:
     _checks.check_same_shape(fn, tokens_BxT=tokens_BxT, mask_BxT=mask_BxT)
-    mask = _checks.as_mask(mask_BxT, logp_BxT)
-    nll_BxT = -logp_BxT
-    if not (isinstance(label_smoothing, (int, float)) and label_smoothing == 0.0):
-        logits = _checks.as_float(logits_BxTxV)
-        # -mean_v log p(v) = logsumexp(z) - mean_v z.
-        uniform_ce_BxT = jax.nn.logsumexp(logits, axis=-1) - jnp.mean(logits, axis=-1)
-        nll_BxT = (1.0 - label_smoothing) * nll_BxT + label_smoothing * uniform_ce_BxT
-    return jnp.where(mask > 0, nll_BxT, 0.0)
+  logp_BxT = logprobs.token_logps(logits_BxTxV, tokens_BxT)
+  mask = jnp.ones_like(logp_BxT) if mask_BxT is None else _checks.as_mask(mask_BxT, logp_BxT)
+  nll_BxT = -logp_BxT
+  if not (isinstance(label_smoothing, (int, float)) and label_smoothing == 0.0):
+    logits = _checks.as_float(logits_BxTxV)
+    # -mean_v log p(v) = logsumexp(z) - mean_v z.
+    uniform_ce_BxT = jax.nn.logsumexp(logits, axis=-1) - jnp.mean(logits, axis=-1)
+    nll_BxT = (1.0 - label_smoothing) * nll_BxT + label_smoothing * uniform_ce_BxT
+  return jnp.where(mask > 0, nll_BxT, 0.0)

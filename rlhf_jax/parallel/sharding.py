@@ -67,8 +67,9 @@ def param_shardings(abstract_state: nnx.State, mesh, rules) -> Any:
   """NamedShardings (as a pure dict mirroring `nnx.to_pure_dict(state)`) for an nnx param state."""
 
   def one(var):
-    return NamedSharding(mesh, logical_to_spec(var.get_metadata().get("axes", (None,) * var.value.ndim),
-                                               var.value.shape, mesh, rules))
+    value = var.get_value()
+    axes = var.get_metadata().get("axes", (None,) * value.ndim)
+    return NamedSharding(mesh, logical_to_spec(axes, value.shape, mesh, rules))
 
   specs = jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
   return nnx.to_pure_dict(specs)

@@ -58,5 +58,5 @@ def model_config(config, vocab_size: int) -> models.ModelConfig:
   """The run's model shape: the init checkpoint's, or the preset with the tokenizer's vocab."""
   if config.init.from_workdir:
     return export.load_meta_model(config.init.from_workdir)
-  return models.get_model_config(config.model.preset, vocab_size=vocab_size,
-                                 dtype=config.model.dtype)
+  return models.get_model_config(config.model.preset, family=config.model.family,
+                                 vocab_size=vocab_size, dtype=config.model.dtype)

@@ -9,6 +9,7 @@ nca_pair, bco_pair, apo_zero, apo_down, simpo, orpo). On the enumerable world, e
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -63,7 +64,21 @@ def make_evaluator(graphdef, arrays, mesh, config, exact_eval):
   return evaluate
 
 
-def run(config, workdir: str) -> loop.LoopResult:
+@dataclasses.dataclass
+class Setup:
+  """Everything a DPO run needs before its loop: mesh, data with reference log-probs, state."""
+  mesh: object
+  arrays: dict            # split -> arrays incl. ref_chosen_logps / ref_rejected_logps
+  graphdef: object
+  state: object
+  shardings: object
+  tx: object
+  sft: export.Exported
+  tok_spec: dict
+  exact_eval: object
+
+
+def prepare(config, workdir: str) -> Setup:
   if not config.init.from_workdir:
     raise ValueError("dpo: set config.init.from_workdir to an SFT run (policy and reference "
                      "start from its export)")
@@ -87,23 +102,31 @@ def run(config, workdir: str) -> loop.LoopResult:
   graphdef, state, shardings = state_lib.init_state(make_model, tx, mesh, rules, config.seed,
                                                     params=sft.params)
   exact_eval = None
-  if config.task.name == "enumerable":
+  if config.task.name == "enumerable" and config.eval.exact_prompts > 0:
     exact_eval = EnumerableEvaluator(task, layout, graphdef, mesh,
                                      batch_size=config.eval.exact_batch_size,
                                      max_prompts=config.eval.exact_prompts)
     exact_eval.set_reference(sft.params)
+  return Setup(mesh, arrays, graphdef, state, shardings, tx, sft, tok_spec, exact_eval)
 
-  train_iter = iter(pipeline.train_dataset(
-      arrays["train"], global_batch=config.data.batch_size, seed=config.seed,
+
+def train_iterator(config, arrays):
+  return iter(pipeline.train_dataset(
+      arrays, global_batch=config.data.batch_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count()))
-  result = loop.run(config=config, workdir=workdir, mesh=mesh, state=state,
-                    state_shardings=shardings,
-                    train_step=dpo_steps.make_train_step(graphdef, tx, config.loss,
+
+
+def run(config, workdir: str) -> loop.LoopResult:
+  s = prepare(config, workdir)
+  result = loop.run(config=config, workdir=workdir, mesh=s.mesh, state=s.state,
+                    state_shardings=s.shardings,
+                    train_step=dpo_steps.make_train_step(s.graphdef, s.tx, config.loss,
                                                          config.data.prompt_len),
-                    train_iter=train_iter,
-                    evaluate=make_evaluator(graphdef, arrays["test"], mesh, config, exact_eval),
+                    train_iter=train_iterator(config, s.arrays["train"]),
+                    evaluate=make_evaluator(s.graphdef, s.arrays["test"], s.mesh, config,
+                                            s.exact_eval),
                     tokens_per_step=lambda b: int(b["chosen_mask"].sum() + b["rejected_mask"].sum()))
   if result.state.step == config.train.num_steps:
-    export.save(workdir, result.state.params, kind="lm", model_config=sft.model_config,
-                tokenizer=tok_spec)
+    export.save(workdir, result.state.params, kind="lm", model_config=s.sft.model_config,
+                tokenizer=s.tok_spec)
   return result

@@ -67,6 +67,8 @@ def run(*, config, workdir: str, mesh, state, state_shardings, train_step: Calla
   jitted = None
   bar = tqdm.tqdm(total=tc.num_steps, initial=start, disable=jax.process_index() != 0,
                   dynamic_ncols=True, mininterval=2.0, desc=config.stage)
+  if tc.eval_every <= 0:
+    evaluate = None  # eval_every = 0 turns evaluation off
   if evaluate is not None and start == 0:
     history.append(writer.write(0, {f"eval/{k}": v for k, v in evaluate(state).items()}))
   window_tokens, window_start = 0, time.perf_counter()

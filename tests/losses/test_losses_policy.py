@@ -17,137 +17,134 @@ ADV = np.array([[1.0, -1.0, -2.0, 3.0]])
 MASK = np.ones((1, 4))
 
 
-def call(fn, *arrays, **hparams):
-    return jax.jit(functools.partial(fn, **hparams))(*arrays)
+
+def test_ppo_policy_loss_hand_values(call):
+  # max(-A r, -A clip(r, 0.8, 1.2)):
+  #   r=1.5, A=1:  max(-1.5, -1.2) = -1.2     r=0.5, A=-1: max(0.5, 0.8) = 0.8
+  #   r=1.1, A=-2: max(2.2, 2.2) = 2.2        r=1.0, A=3:  -3
+  got = call(policy.ppo_policy_loss, LOGP, OLD, ADV, MASK, clip_eps=0.2)
+  np.testing.assert_allclose(got, [[-1.2, 0.8, 2.2, -3.0]], rtol=1e-6)
+  # Clip-higher (DAPO) eps_high = 0.6: the first token is no longer clipped.
+  got = call(policy.ppo_policy_loss, LOGP, OLD, ADV, MASK, clip_eps=0.2, clip_eps_high=0.6)
+  np.testing.assert_allclose(got, [[-1.5, 0.8, 2.2, -3.0]], rtol=1e-6)
+  metrics = call(policy.ppo_policy_metrics, LOGP, OLD, ADV, MASK, clip_eps=0.2)
+  np.testing.assert_allclose(metrics["clip_frac"], 0.5)
+  np.testing.assert_allclose(metrics["clip_frac_high"], 0.25)
+  np.testing.assert_allclose(metrics["clip_frac_low"], 0.25)
+  np.testing.assert_allclose(metrics["ratio_mean"], 1.025, rtol=1e-6)
+  expected_kl = np.mean(0.5 * np.log([1.5, 0.5, 1.1, 1.0]) ** 2)
+  np.testing.assert_allclose(metrics["approx_kl"], expected_kl, rtol=1e-5)
 
 
-def test_ppo_policy_loss_hand_values():
-    # max(-A r, -A clip(r, 0.8, 1.2)):
-    #   r=1.5, A=1:  max(-1.5, -1.2) = -1.2     r=0.5, A=-1: max(0.5, 0.8) = 0.8
-    #   r=1.1, A=-2: max(2.2, 2.2) = 2.2        r=1.0, A=3:  -3
-    got = call(policy.ppo_policy_loss, LOGP, OLD, ADV, MASK, clip_eps=0.2)
-    np.testing.assert_allclose(got, [[-1.2, 0.8, 2.2, -3.0]], rtol=1e-6)
-    # Clip-higher (DAPO) eps_high = 0.6: the first token is no longer clipped.
-    got = call(policy.ppo_policy_loss, LOGP, OLD, ADV, MASK, clip_eps=0.2, clip_eps_high=0.6)
-    np.testing.assert_allclose(got, [[-1.5, 0.8, 2.2, -3.0]], rtol=1e-6)
-    metrics = call(policy.ppo_policy_metrics, LOGP, OLD, ADV, MASK, clip_eps=0.2)
-    np.testing.assert_allclose(metrics["clip_frac"], 0.5)
-    np.testing.assert_allclose(metrics["clip_frac_high"], 0.25)
-    np.testing.assert_allclose(metrics["clip_frac_low"], 0.25)
-    np.testing.assert_allclose(metrics["ratio_mean"], 1.025, rtol=1e-6)
-    expected_kl = np.mean(0.5 * np.log([1.5, 0.5, 1.1, 1.0]) ** 2)
-    np.testing.assert_allclose(metrics["approx_kl"], expected_kl, rtol=1e-5)
+def test_dual_clip(call):
+  logp = np.log(np.array([[5.0, 5.0]]))
+  adv = np.array([[-1.0, 1.0]])
+  # A = -1, r = 5: max(5, 1.2) = 5, capped at c * |A| = 3. Positive advantages are unaffected.
+  got = call(policy.ppo_policy_loss, logp, np.zeros((1, 2)), adv, np.ones((1, 2)), clip_eps=0.2, dual_clip=3.0)
+  np.testing.assert_allclose(got, [[3.0, -1.2]], rtol=1e-6)
+  metrics = call(policy.ppo_policy_metrics, logp, np.zeros((1, 2)), adv, np.ones((1, 2)), clip_eps=0.2,
+                 dual_clip=3.0)
+  np.testing.assert_allclose(metrics["dual_clip_frac"], 0.5)
 
 
-def test_dual_clip():
-    logp = np.log(np.array([[5.0, 5.0]]))
-    adv = np.array([[-1.0, 1.0]])
-    # A = -1, r = 5: max(5, 1.2) = 5, capped at c * |A| = 3. Positive advantages are unaffected.
-    got = call(policy.ppo_policy_loss, logp, np.zeros((1, 2)), adv, np.ones((1, 2)), clip_eps=0.2, dual_clip=3.0)
-    np.testing.assert_allclose(got, [[3.0, -1.2]], rtol=1e-6)
-    metrics = call(policy.ppo_policy_metrics, logp, np.zeros((1, 2)), adv, np.ones((1, 2)), clip_eps=0.2,
-                   dual_clip=3.0)
-    np.testing.assert_allclose(metrics["dual_clip_frac"], 0.5)
+def test_sequence_level_ratio_gspo(call):
+  # Valid log-ratios [ln 2, 0] -> s = exp(ln 2 / 2) = sqrt(2), shared by both valid tokens.
+  logp = np.array([[math.log(2.0), 0.0, 9.0]])
+  mask = np.array([[1, 1, 0]])
+  adv = np.ones((1, 3))
+  got = call(policy.ppo_policy_loss, logp, np.zeros((1, 3)), adv, mask, clip_eps=0.5, level="sequence")
+  np.testing.assert_allclose(got, [[-math.sqrt(2.0), -math.sqrt(2.0), 0.0]], rtol=1e-6)
+  got = call(policy.ppo_policy_loss, logp, np.zeros((1, 3)), adv, mask, clip_eps=0.2, level="sequence")
+  np.testing.assert_allclose(got, [[-1.2, -1.2, 0.0]], rtol=1e-6)
 
 
-def test_sequence_level_ratio_gspo():
-    # Valid log-ratios [ln 2, 0] -> s = exp(ln 2 / 2) = sqrt(2), shared by both valid tokens.
-    logp = np.array([[math.log(2.0), 0.0, 9.0]])
-    mask = np.array([[1, 1, 0]])
-    adv = np.ones((1, 3))
-    got = call(policy.ppo_policy_loss, logp, np.zeros((1, 3)), adv, mask, clip_eps=0.5, level="sequence")
-    np.testing.assert_allclose(got, [[-math.sqrt(2.0), -math.sqrt(2.0), 0.0]], rtol=1e-6)
-    got = call(policy.ppo_policy_loss, logp, np.zeros((1, 3)), adv, mask, clip_eps=0.2, level="sequence")
-    np.testing.assert_allclose(got, [[-1.2, -1.2, 0.0]], rtol=1e-6)
-
-
-def test_policy_padding_invariance():
-    rng = np.random.default_rng(0)
-    logp, old, adv = rng.normal(size=(3, 2, 4)) * 0.3
-    mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0]])
-    pad = lambda x, v: np.concatenate([x, np.full((2, 2), v)], axis=1)
-    for level in policy.RATIO_LEVELS:
-        base = call(policy.ppo_policy_loss, logp, old, adv, mask, clip_eps=0.2, level=level)
-        padded = call(policy.ppo_policy_loss, pad(logp, 50.0), pad(old, -50.0), pad(adv, 9.0), pad(mask, 0),
-                      clip_eps=0.2, level=level)
-        np.testing.assert_allclose(np.asarray(padded)[:, :4], base, rtol=1e-6)
-        np.testing.assert_array_equal(np.asarray(padded)[:, 4:], 0.0)
-        assert np.all(np.isfinite(padded))
-    base = call(policy.value_loss, logp, old, adv, mask, clip_eps=0.2)
-    padded = call(policy.value_loss, pad(logp, 50.0), pad(old, -5.0), pad(adv, 9.0), pad(mask, 0), clip_eps=0.2)
+def test_policy_padding_invariance(call):
+  rng = np.random.default_rng(0)
+  logp, old, adv = rng.normal(size=(3, 2, 4)) * 0.3
+  mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0]])
+  pad = lambda x, v: np.concatenate([x, np.full((2, 2), v)], axis=1)
+  for level in policy.RATIO_LEVELS:
+    base = call(policy.ppo_policy_loss, logp, old, adv, mask, clip_eps=0.2, level=level)
+    padded = call(policy.ppo_policy_loss, pad(logp, 50.0), pad(old, -50.0), pad(adv, 9.0), pad(mask, 0),
+                  clip_eps=0.2, level=level)
     np.testing.assert_allclose(np.asarray(padded)[:, :4], base, rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(padded)[:, 4:], 0.0)
+    assert np.all(np.isfinite(padded))
+  base = call(policy.value_loss, logp, old, adv, mask, clip_eps=0.2)
+  padded = call(policy.value_loss, pad(logp, 50.0), pad(old, -5.0), pad(adv, 9.0), pad(mask, 0), clip_eps=0.2)
+  np.testing.assert_allclose(np.asarray(padded)[:, :4], base, rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(padded)[:, 4:], 0.0)
 
 
 def test_policy_gradients():
-    rng = np.random.default_rng(1)
-    with jax.enable_x64(True):
-        old, adv = rng.normal(size=(2, 2, 3))
-        # Ratios exactly 1.4 or 0.9: away from the clip kinks at 0.8 / 1.2.
-        logp = old + np.log(np.array([[1.4, 0.9, 1.0], [0.9, 1.4, 1.0]]))
-        mask = np.array([[1, 1, 1], [1, 1, 0]])
-        values = np.array([[1.0, 0.0, 2.0], [0.1, 0.2, 0.3]])
-        old_v, ret = values + np.array([[0.5, -0.05, 0.0], [0.0, 0.4, -0.3]]), rng.normal(size=(2, 3))
-        logits, tokens = rng.normal(size=(2, 3, 5)), rng.integers(0, 5, size=(2, 3))
+  rng = np.random.default_rng(1)
+  with jax.enable_x64(True):
+    old, adv = rng.normal(size=(2, 2, 3))
+    # Ratios exactly 1.4 or 0.9: away from the clip kinks at 0.8 / 1.2.
+    logp = old + np.log(np.array([[1.4, 0.9, 1.0], [0.9, 1.4, 1.0]]))
+    mask = np.array([[1, 1, 1], [1, 1, 0]])
+    values = np.array([[1.0, 0.0, 2.0], [0.1, 0.2, 0.3]])
+    old_v, ret = values + np.array([[0.5, -0.05, 0.0], [0.0, 0.4, -0.3]]), rng.normal(size=(2, 3))
+    logits, tokens = rng.normal(size=(2, 3, 5)), rng.integers(0, 5, size=(2, 3))
 
-        @jax.jit
-        def all_policy_losses(x, v, z):  # one check, one compilation
-            return ([policy.ppo_policy_loss(x, old, adv, mask, clip_eps=0.2, level=lv)
-                     for lv in policy.RATIO_LEVELS]
-                    + [policy.value_loss(v, old_v, ret, mask, clip_eps=0.2),
-                       policy.entropy_bonus(z, mask, coef=0.1), policy.ptx_loss(z, tokens, mask, coef=0.5)])
+    @jax.jit
+    def all_policy_losses(x, v, z):  # one check, one compilation
+      return ([policy.ppo_policy_loss(x, old, adv, mask, clip_eps=0.2, level=lv)
+               for lv in policy.RATIO_LEVELS]
+              + [policy.value_loss(v, old_v, ret, mask, clip_eps=0.2),
+                 policy.entropy_bonus(z, mask, coef=0.1), policy.ptx_loss(z, tokens, mask, coef=0.5)])
 
-        check_grads(all_policy_losses, (logp, values, logits), order=1, modes=("rev",))
-
-
-def test_value_loss_hand_values():
-    values = np.array([[1.0, 1.0, 1.0]])
-    old = np.array([[0.5, 0.9, 0.0]])
-    returns = np.array([[2.0, 0.0, 1.0]])
-    # t0: (1-2)^2 = 1; clip(1, 0.3, 0.7) = 0.7 -> 1.69; 0.5 * max = 0.845.
-    # t1: (1-0)^2 = 1; clip(1, 0.7, 1.1) = 1 -> 1; 0.5.   t2: masked.
-    got = call(policy.value_loss, values, old, returns, np.array([[1, 1, 0]]), clip_eps=0.2)
-    np.testing.assert_allclose(got, [[0.845, 0.5, 0.0]], rtol=1e-6)
-    got = call(policy.value_loss, values, old, returns, np.array([[1, 1, 0]]), clip_eps=None)
-    np.testing.assert_allclose(got, [[0.5, 0.5, 0.0]], rtol=1e-6)
+    check_grads(all_policy_losses, (logp, values, logits), order=1, modes=("rev",))
 
 
-def test_entropy_bonus_and_ptx_hand_values():
-    logits = np.zeros((1, 2, 4))  # uniform: H = ln 4, log p = -ln 4.
-    mask = np.array([[1, 0]])
-    np.testing.assert_allclose(call(policy.entropy_bonus, logits, mask, coef=0.01),
-                               [[-0.01 * math.log(4.0), 0.0]], rtol=1e-6)
-    np.testing.assert_allclose(call(policy.ptx_loss, logits, np.array([[3, 1]]), mask, coef=0.5),
-                               [[0.5 * math.log(4.0), 0.0]], rtol=1e-6)
+def test_value_loss_hand_values(call):
+  values = np.array([[1.0, 1.0, 1.0]])
+  old = np.array([[0.5, 0.9, 0.0]])
+  returns = np.array([[2.0, 0.0, 1.0]])
+  # t0: (1-2)^2 = 1; clip(1, 0.3, 0.7) = 0.7 -> 1.69; 0.5 * max = 0.845.
+  # t1: (1-0)^2 = 1; clip(1, 0.7, 1.1) = 1 -> 1; 0.5.   t2: masked.
+  got = call(policy.value_loss, values, old, returns, np.array([[1, 1, 0]]), clip_eps=0.2)
+  np.testing.assert_allclose(got, [[0.845, 0.5, 0.0]], rtol=1e-6)
+  got = call(policy.value_loss, values, old, returns, np.array([[1, 1, 0]]), clip_eps=None)
+  np.testing.assert_allclose(got, [[0.5, 0.5, 0.0]], rtol=1e-6)
+
+
+def test_entropy_bonus_and_ptx_hand_values(call):
+  logits = np.zeros((1, 2, 4))  # uniform: H = ln 4, log p = -ln 4.
+  mask = np.array([[1, 0]])
+  np.testing.assert_allclose(call(policy.entropy_bonus, logits, mask, coef=0.01),
+                             [[-0.01 * math.log(4.0), 0.0]], rtol=1e-6)
+  np.testing.assert_allclose(call(policy.ptx_loss, logits, np.array([[3, 1]]), mask, coef=0.5),
+                             [[0.5 * math.log(4.0), 0.0]], rtol=1e-6)
 
 
 def test_token_losses_padding_invariance():
-    rng = np.random.default_rng(2)
-    logits, tokens = rng.normal(size=(2, 3, 5)), rng.integers(0, 5, size=(2, 3))
-    mask = np.array([[1, 1, 0], [1, 0, 0]])
-    padded = (np.concatenate([logits, np.full((2, 2, 5), 1e4)], axis=1),
-              np.concatenate([tokens, np.zeros((2, 2), np.int64)], axis=1),
-              np.concatenate([mask, np.zeros((2, 2), np.int64)], axis=1))
+  rng = np.random.default_rng(2)
+  logits, tokens = rng.normal(size=(2, 3, 5)), rng.integers(0, 5, size=(2, 3))
+  mask = np.array([[1, 1, 0], [1, 0, 0]])
+  padded = (np.concatenate([logits, np.full((2, 2, 5), 1e4)], axis=1),
+            np.concatenate([tokens, np.zeros((2, 2), np.int64)], axis=1),
+            np.concatenate([mask, np.zeros((2, 2), np.int64)], axis=1))
 
-    @jax.jit
-    def all_token_losses(z, y, m):
-        return (policy.entropy_bonus(z, m, coef=0.1), policy.ptx_loss(z, y, m, coef=0.5),
-                sft.sft_loss(z, y, m, label_smoothing=0.1))
+  @jax.jit
+  def all_token_losses(z, y, m):
+    return (policy.entropy_bonus(z, m, coef=0.1), policy.ptx_loss(z, y, m, coef=0.5),
+            sft.sft_loss(z, y, m, label_smoothing=0.1))
 
-    for base, pad in zip(all_token_losses(logits, tokens, mask), all_token_losses(*padded)):
-        np.testing.assert_allclose(np.asarray(pad)[:, :3], base, rtol=1e-6)
-        np.testing.assert_array_equal(np.asarray(pad)[:, 3:], 0.0)
+  for base, pad in zip(all_token_losses(logits, tokens, mask), all_token_losses(*padded)):
+    np.testing.assert_allclose(np.asarray(pad)[:, :3], base, rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(pad)[:, 3:], 0.0)
 
 
 def test_policy_errors():
-    z = np.zeros((2, 3))
-    with pytest.raises(ValueError, match=r"level='seq'.*'token', 'sequence'"):
-        policy.ppo_policy_loss(z, z, z, z, clip_eps=0.2, level="seq")
-    with pytest.raises(ValueError, match="advantages_BxT"):
-        policy.ppo_policy_loss(z, z, np.zeros((2, 4)), z, clip_eps=0.2)
-    with pytest.raises(ValueError, match="dual_clip"):
-        policy.ppo_policy_loss(z, z, z, z, clip_eps=0.2, dual_clip=0.5)
-    with pytest.raises(ValueError, match="returns_BxT"):
-        policy.value_loss(z, z, np.zeros(2), z, clip_eps=0.2)
-    with pytest.raises(ValueError, match="mask_BxT"):
-        policy.entropy_bonus(np.zeros((2, 3, 4)), np.zeros((2, 4)), coef=0.1)
+  z = np.zeros((2, 3))
+  with pytest.raises(ValueError, match=r"level='seq'.*'token', 'sequence'"):
+    policy.ppo_policy_loss(z, z, z, z, clip_eps=0.2, level="seq")
+  with pytest.raises(ValueError, match="advantages_BxT"):
+    policy.ppo_policy_loss(z, z, np.zeros((2, 4)), z, clip_eps=0.2)
+  with pytest.raises(ValueError, match="dual_clip"):
+    policy.ppo_policy_loss(z, z, z, z, clip_eps=0.2, dual_clip=0.5)
+  with pytest.raises(ValueError, match="returns_BxT"):
+    policy.value_loss(z, z, np.zeros(2), z, clip_eps=0.2)
+  with pytest.raises(ValueError, match="mask_BxT"):
+    policy.entropy_bonus(np.zeros((2, 3, 4)), np.zeros((2, 4)), coef=0.1)

@@ -57,38 +57,38 @@ EXAMPLES = {
 
 
 def test_examples_cover_registry():
-    assert sorted(EXAMPLES) == losses.names()
+  assert sorted(EXAMPLES) == losses.names()
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_registered_function_jits(name):
-    arrays, hparams, shape = EXAMPLES[name]
-    out = jax.jit(functools.partial(losses.get(name), **hparams))(*arrays)
-    shapes = jax.tree_util.tree_map(lambda x: x.shape, out)
-    assert shapes == shape
-    assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(out))
+  arrays, hparams, shape = EXAMPLES[name]
+  out = jax.jit(functools.partial(losses.get(name), **hparams))(*arrays)
+  shapes = jax.tree_util.tree_map(lambda x: x.shape, out)
+  assert shapes == shape
+  assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(out))
 
 
 def test_registry_lookups():
-    assert losses.get("ipo").keywords == {"variant": "ipo"}
-    assert losses.get("dpo").func is losses.dpo_loss
-    assert losses.get("simpo") is losses.simpo_loss
-    assert losses.family("ipo") == "preference"
-    assert "dpo" in losses.names("preference") and "gae" not in losses.names("preference")
-    assert set(losses.names("advantages")) == {"gae", "grpo", "grpo_batch_std", "dr_grpo", "rloo", "reinforce"}
-    # The partial entries keep the docstring of the underlying function.
-    assert "Per-pair loss of the DPO family" in losses.get("ipo").__doc__
+  assert losses.get("ipo").keywords == {"variant": "ipo"}
+  assert losses.get("dpo").func is losses.dpo_loss
+  assert losses.get("simpo") is losses.simpo_loss
+  assert losses.family("ipo") == "preference"
+  assert "dpo" in losses.names("preference") and "gae" not in losses.names("preference")
+  assert set(losses.names("advantages")) == {"gae", "grpo", "grpo_batch_std", "dr_grpo", "rloo", "reinforce"}
+  # The partial entries keep the docstring of the underlying function.
+  assert "Per-pair loss of the DPO family" in losses.get("ipo").__doc__
 
 
 def test_unknown_name_lists_valid_names():
-    with pytest.raises(ValueError, match=r"Unknown loss name 'dpoo'; valid names are: .*dpo.*ipo"):
-        losses.get("dpoo")
-    with pytest.raises(KeyError):
-        losses.get("dpoo")
-    with pytest.raises(ValueError, match="family"):
-        losses.names("nope")
+  with pytest.raises(ValueError, match=r"Unknown loss name 'dpoo'; valid names are: .*dpo.*ipo"):
+    losses.get("dpoo")
+  with pytest.raises(KeyError):
+    losses.get("dpoo")
+  with pytest.raises(ValueError, match="family"):
+    losses.names("nope")
 
 
 def test_register_rejects_duplicates():
-    with pytest.raises(ValueError, match="already registered"):
-        losses.register("dpo", losses.dpo_loss, family="preference")
+  with pytest.raises(ValueError, match="already registered"):
+    losses.register("dpo", losses.dpo_loss, family="preference")

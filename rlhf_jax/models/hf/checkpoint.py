@@ -16,10 +16,9 @@ import os
 from typing import Any, Iterator, Mapping, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors import safe_open
-from safetensors.numpy import save_file
 
 from rlhf_jax.models.hf.config import config_from_hf, config_to_hf
 from rlhf_jax.models.hf.names import TensorRule, resolve_name, tensor_rules
@@ -49,6 +48,13 @@ class LoadedModel:
   def model(self) -> Transformer:
     """The NNX model: `nnx.merge(graphdef, params)`."""
     return nnx.merge(self.graphdef, self.params)
+
+
+def safe_open(file: str, framework: str = "numpy"):
+  """`safetensors.safe_open`, imported on first use so `rlhf_jax.models` imports without it."""
+  import safetensors
+
+  return safetensors.safe_open(file, framework=framework)
 
 
 def read_hf_config(path: str) -> dict:
@@ -83,6 +89,11 @@ def abstract_model(cfg: ModelConfig, lm_head: bool = True):
   model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0), lm_head=lm_head))
   graphdef, params, _ = nnx.split(model, nnx.Param, ...)
   return graphdef, params
+
+
+def _dtype_name(dtype) -> str:
+  """'bfloat16' for 'bfloat16', jnp.bfloat16 or np.dtype(bfloat16) alike."""
+  return jnp.dtype(dtype).name
 
 
 def _get(tree, path):
@@ -130,7 +141,7 @@ def load_hf(path: str, *, dtype: Optional[str] = None, mesh: Optional[jax.shardi
     LoadedModel(cfg, graphdef, params) with params a pure dict of jax arrays.
   """
   hf_config = read_hf_config(path)
-  dt = dtype or "float32"
+  dt = _dtype_name(dtype or "float32")
   cfg = config_from_hf(hf_config, dtype=dt, param_dtype=dt)
   if overrides:
     cfg = dataclasses.replace(cfg, **overrides)
@@ -195,14 +206,14 @@ def save_hf(path: str, cfg: ModelConfig, params: Mapping, *, dtype: Optional[str
       with a model.safetensors.index.json, as transformers does.
   In multi-process runs every process must call this (parameters are gathered); process 0 writes.
   """
-  dtype = dtype or cfg.param_dtype
+  dtype = _dtype_name(dtype or cfg.param_dtype)
   hf = {**config_to_hf(cfg, dtype=dtype), **(extra_config or {})}
   has_lm_head = "lm_head" in params
   if not cfg.tie_embeddings and not has_lm_head:
     raise ValueError("save_hf: params have no 'lm_head' but cfg.tie_embeddings is False")
   rules = tensor_rules(cfg, lm_head=has_lm_head)
   _check_coverage(rules, params)
-  itemsize = np.dtype(dtype).itemsize
+  itemsize = jnp.dtype(dtype).itemsize
   shards: list[list[TensorRule]] = [[]]
   size = 0
   for rule in rules:
@@ -225,6 +236,7 @@ def save_hf(path: str, cfg: ModelConfig, params: Mapping, *, dtype: Optional[str
       tensors[rule.hf_name] = np.ascontiguousarray(rule.to_hf(*arrays).astype(dtype))
       weight_map[rule.hf_name] = file
     if write:
+      from safetensors.numpy import save_file
       save_file(tensors, os.path.join(path, file), metadata={"format": "pt"})
     del tensors
   if not write:

@@ -168,7 +168,9 @@ def config_to_hf(cfg: ModelConfig, *, dtype: str | None = None) -> dict[str, Any
               hidden_act={"gelu_tanh": "gelu_pytorch_tanh"}.get(cfg.mlp_activation,
                                                                 cfg.mlp_activation),
               rope_parameters={"rope_theta": cfg.rope_theta, "rope_type": "default",
-                               **dict(cfg.rope_scaling)})
+                               **dict(cfg.rope_scaling)},
+              # The transformers 4 spelling of the same, for older readers.
+              rope_theta=cfg.rope_theta, rope_scaling=dict(cfg.rope_scaling) or None)
     if family == "qwen2":
       hf.update(use_sliding_window=False)
     else:
