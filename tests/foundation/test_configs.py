@@ -32,7 +32,7 @@ def test_misspelled_key_lists_valid_keys():
 
 
 def test_unknown_variant_lists_valid():
-  with pytest.raises(ValueError, match=r"valid variants: \['small', 'test'\]"):
+  with pytest.raises(ValueError, match=r"valid variants: \['enumerable', 'small', 'test'\]"):
     configlib.get(SFT + ":tset")
 
 
