@@ -50,7 +50,7 @@ def test_unknown_optimizer_lists_valid():
 
 @pytest.mark.parametrize("override,expected", [
     ("--config.optimizer.name=nope", "unknown optimizer.name 'nope'; valid choices: ['adafactor'"),
-    ("--config.stage=nope", "unknown stage 'nope'; valid choices: ['sft'"),
+    ("--config.stage=nope", "unknown stage 'nope'; valid choices: ['dpo', 'reward_model'"),
     ("--config.trian.num_steps=3", "valid keys: ["),
 ])
 def test_cli_errors_list_valid_choices(tmp_path, override, expected):
