@@ -56,3 +56,20 @@ def use_enumerable_world(c: ml_collections.ConfigDict, **params) -> None:
   c.data.completion_len = 6
   c.data.allow_empty_completion = True
   c.data.end_by_length = True
+
+
+def online_rl(c: ml_collections.ConfigDict) -> None:
+  """Fields shared by the online-RL stages (ppo, policy_gradient)."""
+  c.rl = ml_collections.ConfigDict({
+      "prompts_per_step": 16,     # prompts per iteration (each sampled pg.group_size times)
+      "temperature": 1.0, "top_k": 0, "top_p": 1.0})
+  c.reward = ml_collections.ConfigDict({
+      "source": "gold",           # gold (task's closed form / verifier) | learned
+      "from_workdir": "",         # reward_model run, for source = learned
+      "normalize": True,
+      "ensemble_combine": "mean",  # mean | worst_case | mean_minus_var
+      "ensemble_lambda": 0.0})
+  c.kl = ml_collections.ConfigDict({
+      "coef": 0.05, "controller": "fixed",  # fixed | adaptive (Ziegler et al. 2019)
+      "target": 1.0, "horizon": 10_000.0})
+  c.eval = ml_collections.ConfigDict({"exact_prompts": 8, "exact_batch_size": 4096})

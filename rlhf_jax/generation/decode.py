@@ -28,6 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+import os
+IMPL = os.environ.get('GEN_IMPL', 'fast')
+from rlhf_jax.generation import decode_step
 from rlhf_jax.generation.sampling import SamplingConfig, is_stop_token, sample_tokens
 from rlhf_jax.parallel import sharding as sharding_lib
 
@@ -126,13 +129,20 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens_BxP: jax.Array,
   prompt_tokens_BxP = jnp.asarray(prompt_tokens_BxP).astype(jnp.int32)
   prompt_mask_BxP = jnp.asarray(prompt_mask_BxP).astype(jnp.int32)
 
-  cache = model.init_cache(b, length, dtype=cache_dtype)
-  cache = [{name: constrain(x, ("batch", None, "kv_heads", "kv")) for name, x in layer.items()}
-           for layer in cache]
-  kv_mask_BxL = jnp.pad(prompt_mask_BxP, ((0, 0), (0, t_max - 1)))
-  hidden_BxPxD, cache = model.hidden(prompt_tokens_BxP, mask_BxS=prompt_mask_BxP, cache=cache,
-                                     cache_index=0, kv_mask_BxL=kv_mask_BxL)
+  # Prefill through the model's own cached forward over the P prompt slots, then move the
+  # keys/values into the head-major decode cache of L slots (decode_step.py).
+  prefill_cache = model.init_cache(b, p, dtype=cache_dtype)
+  hidden_BxPxD, prefill_cache = model.hidden(prompt_tokens_BxP, mask_BxS=prompt_mask_BxP,
+                                             cache=prefill_cache, cache_index=0,
+                                             kv_mask_BxL=prompt_mask_BxP)
   logits_BxV = model.logits(hidden_BxPxD[:, -1:])[:, 0]
+  if IMPL == "model":
+    cache = [{n: constrain(jnp.pad(x, ((0, 0), (0, length - p), (0, 0), (0, 0))), ("batch", None, "kv_heads", "kv")) for n, x in c.items()} for c in prefill_cache]
+  else:
+    cache = [{n: constrain(x, decode_step.CACHE_AXES) for n, x in layer.items()}
+             for layer in decode_step.cache_from_prefill(prefill_cache, length)]
+    weights = decode_step.flat_weights(model)
+  kv_mask_BxL = jnp.pad(prompt_mask_BxP, ((0, 0), (0, t_max - 1)))
   num_prompt_B = jnp.sum(prompt_mask_BxP, axis=1)
 
   token_B, logp_B = sample_tokens(logits_BxV, jax.random.fold_in(rng, 0), config, jnp.int32(0))
@@ -154,10 +164,13 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens_BxP: jax.Array,
     prev_real_Bx1 = jax.lax.dynamic_slice_in_dim(mask_BxT, t - 1, 1, axis=1)
     kv_mask_BxL = jax.lax.dynamic_update_slice_in_dim(kv_mask_BxL, prev_real_Bx1, slot, axis=1)
     positions_Bx1 = (num_prompt_B + t - 1)[:, None]
-    hidden_Bx1xD, cache = model.hidden(prev_B[:, None], mask_BxS=prev_real_Bx1,
+    if IMPL == "model":
+      hidden_Bx1xD, cache = model.hidden(prev_B[:, None], mask_BxS=prev_real_Bx1,
                                        positions_BxS=positions_Bx1, cache=cache, cache_index=slot,
                                        kv_mask_BxL=kv_mask_BxL)
-    logits_BxV = model.logits(hidden_Bx1xD)[:, 0]
+      logits_BxV = model.logits(hidden_Bx1xD)[:, 0]
+    else:
+      logits_BxV, cache = decode_step.decode_step(model, weights, prev_B, positions_Bx1[:, 0], cache, slot, kv_mask_BxL, constrain)
     token_B, logp_B = sample_tokens(logits_BxV, jax.random.fold_in(rng, t), config, t)
     alive_B = ~done_B
     token_B = jnp.where(alive_B, token_B, config.pad_id)

@@ -10,6 +10,8 @@ STAGES = {
     "sft": "rlhf_jax.stages.sft",
     "reward_model": "rlhf_jax.stages.reward_model",
     "dpo": "rlhf_jax.stages.dpo",
+    "policy_gradient": "rlhf_jax.stages.policy_gradient",
+    "ppo": "rlhf_jax.stages.ppo",
 }
 
 

@@ -126,7 +126,7 @@ def run(config, workdir: str) -> loop.LoopResult:
                     evaluate=make_evaluator(s.graphdef, s.arrays["test"], s.mesh, config,
                                             s.exact_eval),
                     tokens_per_step=lambda b: int(b["chosen_mask"].sum() + b["rejected_mask"].sum()))
-  if result.state.step == config.train.num_steps:
+  if result.finished:
     export.save(workdir, result.state.params, kind="lm", model_config=s.sft.model_config,
                 tokenizer=s.tok_spec)
   return result

@@ -92,7 +92,7 @@ def run(config, workdir: str) -> loop.LoopResult:
                     state_shardings=shardings, train_step=train_step, train_iter=train_iter,
                     evaluate=make_evaluator(graphdef, eval_arrays, mesh, config),
                     tokens_per_step=lambda b: int(b["chosen_mask"].sum() + b["rejected_mask"].sum()))
-  if result.state.step == config.train.num_steps:
+  if result.finished:
     extra = {"ensemble_size": rc.ensemble_size}
     if rc.normalize:
       sft_arrays, _ = pipeline.prepare_sft(common.records(config, workdir, "sft", "test"), layout,

@@ -68,7 +68,7 @@ def run(config, workdir: str) -> loop.LoopResult:
                     train_step=sft_steps.make_train_step(graphdef, tx), train_iter=train_iter,
                     evaluate=make_evaluator(graphdef, eval_arrays, mesh, config),
                     tokens_per_step=lambda b: int(np.sum(b["mask"])))
-  if result.state.step == config.train.num_steps:
+  if result.finished:
     export.save(workdir, result.state.params, kind="lm", model_config=model_cfg,
                 tokenizer=tok_spec)
   return result

@@ -50,6 +50,15 @@ class ArithmeticTask:
     for a, b in self._pairs(split):
       yield {"prompt": f"{a}+{b}=", "completion": str(a + b), "answer": int(a + b)}
 
+  def prompt_records(self, split: str) -> Iterator[dict]:
+    """{'prompt': 'a+b=', 'answer': a+b}, for RL against the verifier."""
+    for a, b in self._pairs(split):
+      yield {"prompt": f"{a}+{b}=", "answer": int(a + b)}
+
+  def gold_reward(self, prompt: str, completion: str) -> float:
+    """The verifier is this world's gold reward."""
+    return verify(prompt, completion)
+
   def preference_records(self, split: str) -> Iterator[dict]:
     """Correct sum (chosen) against a near miss (rejected), gold = verifier score."""
     rng = np.random.default_rng(self.seed + 1)

@@ -45,11 +45,14 @@ class LoopResult:
   history: list[dict]          # every logged row (train and eval), as written to metrics.jsonl
   start_step: int              # where this invocation began (> 0 after a resume)
   jitted_step: Any             # the compiled step, for compilation-count checks
+  finished: bool = False       # the run reached train.num_steps (not stopped early)
 
 
 def run(*, config, workdir: str, mesh, state, state_shardings, train_step: Callable,
         train_iter, evaluate: Optional[Callable[[Any], dict]] = None,
-        tokens_per_step: Optional[Callable[[dict], int]] = None) -> LoopResult:
+        tokens_per_step: Optional[Callable[[dict], int]] = None, jit: bool = True) -> LoopResult:
+  """Runs the stage's steps. With jit=False, `train_step` is called as given (online RL: an
+  iteration made of several jitted pieces and host work) and `jitted_step` is that callable."""
   tc = config.train
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=tc.keep_checkpoints)
   start = 0
@@ -78,17 +81,21 @@ def run(*, config, workdir: str, mesh, state, state_shardings, train_step: Calla
       local_batch = next(train_iter)
       batch = to_global(local_batch, mesh)
       if jitted is None:
-        jitted = jit_train_step(train_step, state_shardings, local_batch, mesh)
+        jitted = (jit_train_step(train_step, state_shardings, local_batch, mesh) if jit
+                  else train_step)
       state, metrics = jitted(state, batch, jax.random.fold_in(rng, step))
       window_tokens += tokens_per_step(local_batch) * jax.process_count() if tokens_per_step else 0
       done = step + 1
       if done % tc.log_every == 0 or done == last:
         elapsed = time.perf_counter() - window_start
-        row = writer.write(done, {**{f"train/{k}": v for k, v in metrics.items()},
-                                  "train/tokens_per_sec": window_tokens / max(elapsed, 1e-9)})
+        row = {f"train/{k}": v for k, v in metrics.items()}
+        if tokens_per_step is not None:
+          row["train/tokens_per_sec"] = window_tokens / max(elapsed, 1e-9)
+        row = writer.write(done, row)
         history.append(row)
-        bar.set_postfix(loss=f"{row.get('train/loss', float('nan')):.4f}",
-                        tok_s=f"{row['train/tokens_per_sec']:.0f}")
+        shown = {k.split("/", 1)[1]: row[k] for k in ("train/loss", "train/reward",
+                                                       "train/tokens_per_sec") if k in row}
+        bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
         window_tokens, window_start = 0, time.perf_counter()
       paused = time.perf_counter()  # eval and checkpoint time is kept out of tokens/s
       if evaluate is not None and (done % tc.eval_every == 0 or done == last):
@@ -101,4 +108,5 @@ def run(*, config, workdir: str, mesh, state, state_shardings, train_step: Calla
     bar.close()
     ckpt.close()
     writer.close()
-  return LoopResult(state=state, history=history, start_step=start, jitted_step=jitted)
+  return LoopResult(state=state, history=history, start_step=start, jitted_step=jitted,
+                    finished=last == tc.num_steps)

@@ -78,6 +78,16 @@ def init_state(make_model, tx, mesh, rules, seed: int, *, params=None):
   return graphdef, state, shardings
 
 
+def state_from_params(params, param_sh, tx, mesh):
+  """(state, shardings): a step-0 TrainState around given sharded params (any pytree)."""
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+  shardings = shardings_for_params(abstract, param_sh, tx, mesh)
+  state = jax.jit(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p,
+                                       opt_state=tx.init(p)),
+                  in_shardings=(param_sh,), out_shardings=shardings)(params)
+  return state, shardings
+
+
 def stacked(shardings, mesh):
   """Shardings for parameters stacked on a new leading (ensemble) axis, which is replicated."""
   return jax.tree.map(lambda s: NamedSharding(mesh, P(None, *s.spec)), shardings)
@@ -102,11 +112,7 @@ def init_ensemble_state(make_model, tx, mesh, rules, seeds, *, shared=None):
     return jax.vmap(one)(seeds_E)
 
   params = jax.jit(init, out_shardings=param_sh)(shared)
-  abstract_stacked = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-  shardings = shardings_for_params(abstract_stacked, param_sh, tx, mesh)
-  state = jax.jit(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p,
-                                       opt_state=tx.init(p)),
-                  in_shardings=(param_sh,), out_shardings=shardings)(params)
+  state, shardings = state_from_params(params, param_sh, tx, mesh)
   return graphdef, state, shardings
 
 

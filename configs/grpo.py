@@ -1,0 +1,62 @@
+"""Critic-free RL from an SFT export: GRPO by default; RLOO / REINFORCE / Dr. GRPO / DAPO by
+variant or `--config.pg.algorithm=...`.
+
+  python -m rlhf_jax.main --config=configs/sft.py --workdir=runs/sft
+  python -m rlhf_jax.main --config=configs/grpo.py --workdir=runs/grpo --config.init.from_workdir=runs/sft
+Variants: `test` (seconds), `enumerable` (gold reward of the enumerable world instead of the
+arithmetic verifier), `dr_grpo`, `dapo`, `rloo`, `reinforce`, `gspo`.
+"""
+
+import ml_collections
+
+from rlhf_jax import configlib, defaults
+
+
+def get_config(arg=None):
+  variants = configlib.parse_variants(
+      arg, {"test", "enumerable", "dr_grpo", "dapo", "rloo", "reinforce", "gspo"})
+  c = defaults.base_config()
+  c.stage = "policy_gradient"
+  if "enumerable" in variants:
+    defaults.use_enumerable_world(c)
+  defaults.online_rl(c)
+  c.pg = ml_collections.ConfigDict({
+      "algorithm": "grpo", "group_size": 8, "scale": "group", "baseline": "batch_mean",
+      "clip_eps": 0.2, "clip_eps_high": 0.0, "level": "token", "kl_estimator": "k3",
+      "aggregation": "sequence-mean-token-mean", "entropy_coef": 0.0,
+      "epochs": 1, "minibatches": 1, "stop_kl": 0.0})
+  c.kl.coef = 0.02
+  c.optimizer.lr = 1e-3
+  c.optimizer.warmup_steps = 5
+  c.optimizer.schedule = "constant"
+  c.train.num_steps = 100
+  c.train.log_every = 5
+  c.train.eval_every = 25
+  c.train.eval_examples = 256
+  c.train.checkpoint_every = 50
+  if "dr_grpo" in variants:
+    c.pg.scale, c.pg.aggregation = "none", "sequence-mean-token-sum-norm"
+  if "dapo" in variants:
+    c.pg.clip_eps_high, c.pg.aggregation, c.kl.coef = 0.28, "token-mean", 0.0
+  if "gspo" in variants:
+    c.pg.level, c.pg.clip_eps, c.pg.clip_eps_high = "sequence", 3e-4, 4e-4
+  if "rloo" in variants:
+    c.pg.algorithm, c.pg.aggregation, c.pg.kl_estimator = "rloo", "token-mean", "k1"
+  if "reinforce" in variants:
+    c.pg.algorithm, c.pg.aggregation, c.pg.kl_estimator = "reinforce", "token-mean", "k1"
+  if "test" in variants:
+    if "enumerable" in variants:
+      c.task.params.num_sft = (2048, 256)
+      c.task.params.num_pairs = (512, 128)
+    else:
+      c.task.params.max_operand = 19
+    c.eval.exact_prompts = 2
+    c.rl.prompts_per_step = 4
+    c.pg.group_size = 4
+    c.train.num_steps = 4
+    c.train.log_every = 1
+    c.train.eval_every = 4
+    c.train.eval_examples = 32
+    c.train.checkpoint_every = 4
+    c.train.tensorboard = False
+  return c

@@ -1,0 +1,58 @@
+"""PPO from an SFT export against the enumerable world's gold reward (or a learned RM).
+
+  python -m rlhf_jax.main --config=configs/sft.py:enumerable --workdir=runs/sft_enum
+  python -m rlhf_jax.main --config=configs/ppo.py --workdir=runs/ppo --config.init.from_workdir=runs/sft_enum
+Variants: `test` (seconds), `adaptive` (Ziegler et al. adaptive KL controller toward kl.target),
+`learned` (reward from reward.from_workdir), `shared` (value head on the policy's backbone),
+`arithmetic` (the verifier task).
+"""
+
+import ml_collections
+
+from rlhf_jax import configlib, defaults
+
+
+def get_config(arg=None):
+  variants = configlib.parse_variants(
+      arg, {"test", "adaptive", "learned", "shared", "arithmetic"})
+  c = defaults.base_config()
+  c.stage = "ppo"
+  if "arithmetic" not in variants:
+    defaults.use_enumerable_world(c)
+  defaults.online_rl(c)
+  c.rl.prompts_per_step = 64
+  c.ppo = ml_collections.ConfigDict({
+      "epochs": 4, "minibatches": 4, "clip_eps": 0.2, "value_clip_eps": 0.2, "value_coef": 0.5,
+      "entropy_coef": 0.0, "gamma": 1.0, "lam": 0.95, "kl_estimator": "k1",
+      "whiten_rewards": False, "missing_eos_penalty": 0.0, "ptx_coef": 0.0, "stop_kl": 0.0})
+  c.critic = ml_collections.ConfigDict({"shared_backbone": False, "init_from_reward_model": True})
+  c.kl.coef = 0.2
+  c.optimizer.lr = 3e-4
+  c.optimizer.warmup_steps = 5
+  c.optimizer.schedule = "constant"
+  c.train.num_steps = 100
+  c.train.log_every = 5
+  c.train.eval_every = 25
+  c.train.checkpoint_every = 50
+  if "adaptive" in variants:
+    c.kl.controller, c.kl.target, c.kl.horizon = "adaptive", 2.0, 2000.0
+  if "learned" in variants:
+    c.reward.source = "learned"
+  if "shared" in variants:
+    c.critic.shared_backbone = True
+  if "test" in variants:
+    if "arithmetic" in variants:
+      c.task.params.max_operand = 19
+    else:
+      c.task.params.num_sft = (2048, 256)
+      c.task.params.num_pairs = (512, 128)
+    c.eval.exact_prompts = 2
+    c.rl.prompts_per_step = 16
+    c.ppo.epochs, c.ppo.minibatches = 2, 2
+    c.train.num_steps = 4
+    c.train.log_every = 1
+    c.train.eval_every = 4
+    c.train.eval_examples = 32
+    c.train.checkpoint_every = 4
+    c.train.tensorboard = False
+  return c

@@ -1,0 +1,214 @@
+"""The online-RL runner shared by the `ppo` and `policy_gradient` stages.
+
+One loop step is one RL iteration:
+  1. generate:  sample `group_size` completions for each of `rl.prompts_per_step` prompts
+  2. score:     old-policy, reference (and critic / reward-model) passes over the rollout
+  3. reward:    gold function or verifier on the host (decoded text), or the learned RM's scores
+  4. update:    algorithm-specific advantages, then K epochs of minibatch steps (train/rl_update.py)
+  5. KL control: β follows train/kl_control.py (fixed or adaptive)
+The prompt stream's position and β are checkpointed together, so resume is exact. Metrics
+include the time of each phase and generated tokens/s; evaluation is exact on the enumerable
+world and greedy verifier accuracy on arithmetic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax.data import pipeline, tokenizer as tokenizer_lib
+from rlhf_jax.generation import SamplingConfig
+from rlhf_jax.rewards import functions as reward_fns
+from rlhf_jax.stages import common
+from rlhf_jax.train import export, kl_control, loop, rollout as rollout_lib
+from rlhf_jax.train.enumerable_eval import EnumerableEvaluator
+
+
+class PromptStream:
+  """Prompt batches and the KL coefficient β, checkpointed together (see loop.py)."""
+
+  def __init__(self, arrays, config, kl_coef: float):
+    self._it = iter(pipeline.train_dataset(
+        arrays, global_batch=config.rl.prompts_per_step, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count()))
+    self.kl_coef = float(kl_coef)
+
+  def __next__(self):
+    return next(self._it)
+
+  def get_state(self) -> dict:
+    return {"prompts": self._it.get_state(), "kl_coef": self.kl_coef}
+
+  def set_state(self, state: dict) -> None:
+    self._it.set_state(state["prompts"])
+    self.kl_coef = float(state["kl_coef"])
+
+
+@dataclasses.dataclass
+class Setup:
+  mesh: Any
+  rules: Any
+  task: Any
+  tok: Any
+  tok_spec: dict
+  layout: pipeline.Layout
+  sft: export.Exported
+  prompts: dict            # split -> list of prompt texts
+  prompt_arrays: dict      # split -> prompt_tokens / prompt_mask / prompt_index
+  sampling: SamplingConfig
+  rm: Any                  # rollout.RewardModel or None
+  rm_graphdef: Any
+
+
+def prompt_arrays(layout, texts) -> dict:
+  stats = pipeline.LayoutStats()
+  rows = []
+  for i, text in enumerate(texts):
+    ids = layout.prompt_ids(text, f"prompt record {i}", stats)
+    if ids is None:
+      raise ValueError(f"prompt record {i} was dropped as over-long; RL prompts must all fit "
+                       f"data.prompt_len={layout.prompt_len}")
+    rows.append({**layout.prompt_row(ids), "prompt_index": np.int32(i)})
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def setup(config, workdir: str) -> Setup:
+  if not config.init.from_workdir:
+    raise ValueError(f"{config.stage}: set config.init.from_workdir to an SFT run (policy and "
+                     "reference start from its export)")
+  mesh, rules = common.mesh_and_rules(config)
+  task = common.make_task(config)
+  tok_spec = common.tokenizer_spec(config, workdir, task)
+  tok = tokenizer_lib.from_spec(tok_spec)
+  layout = common.layout(config, tok)
+  sft = export.load(config.init.from_workdir, mesh, rules, kind="lm")
+  prompts, arrays = {}, {}
+  for split in ("train", "test"):
+    prompts[split] = [r["prompt"] for r in common.records(config, workdir, "prompt", split)]
+    arrays[split] = prompt_arrays(layout, prompts[split])
+  rl = config.rl
+  sampling = SamplingConfig(max_new_tokens=config.data.completion_len, temperature=rl.temperature,
+                            top_k=rl.top_k, top_p=rl.top_p, eos_id=tok.eos_id, pad_id=tok.pad_id)
+  rm, rm_graphdef = None, None
+  rc = config.reward
+  if rc.source not in reward_fns.SOURCES:
+    raise ValueError(f"unknown reward.source {rc.source!r}; valid: {list(reward_fns.SOURCES)}")
+  if rc.source == "learned":
+    if not rc.from_workdir:
+      raise ValueError("reward.source='learned' needs reward.from_workdir (a reward_model run)")
+    loaded = export.load(rc.from_workdir, mesh, rules, kind="scalar")
+    norm = loaded.extra.get("normalization") if rc.normalize else None
+    rm, rm_graphdef = rollout_lib.RewardModel(loaded.params, norm), loaded.graphdef
+  return Setup(mesh, rules, task, tok, tok_spec, layout, sft, prompts, arrays, sampling, rm,
+               rm_graphdef)
+
+
+def make_evaluator(s: Setup, config, policy_of: Callable, policy_graphdef, stream: PromptStream):
+  """eval/* metrics: exact on the enumerable world, greedy verifier accuracy otherwise."""
+  if config.task.name == "enumerable":
+    exact = EnumerableEvaluator(s.task, s.layout, policy_graphdef, s.mesh,
+                                batch_size=config.eval.exact_batch_size,
+                                max_prompts=config.eval.exact_prompts)
+    exact.set_reference(s.sft.params)
+    return lambda state: exact.metrics(policy_of(state.params), beta=stream.kl_coef)
+
+  greedy = rollout_lib.make_generate_fn(
+      policy_graphdef, dataclasses.replace(s.sampling, greedy=True), group_size=1)
+  texts = s.prompts["test"]
+
+  def evaluate(state) -> dict:
+    correct, n = 0.0, 0
+    for local in pipeline.eval_batches(s.prompt_arrays["test"],
+                                       global_batch=config.rl.prompts_per_step,
+                                       process_index=jax.process_index(),
+                                       process_count=jax.process_count(),
+                                       max_examples=config.train.eval_examples):
+      g = loop.to_global(local, s.mesh)
+      _, _, out = greedy(policy_of(state.params), g["prompt_tokens"], g["prompt_mask"],
+                         jax.random.key(0))
+      valid = rollout_lib.host_array(g["prompt_mask"]).sum(1) > 0
+      index = rollout_lib.host_array(g["prompt_index"])
+      completions = reward_fns.decode_completions(s.tok, rollout_lib.host_array(out.tokens_BxT),
+                                                  rollout_lib.host_array(out.mask_BxT))
+      scores = reward_fns.gold_scores(s.task, [texts[i] for i in index], completions)
+      correct += float(np.sum(scores * valid))
+      n += int(valid.sum())
+    return {"accuracy": correct / max(n, 1), "gold_reward": correct / max(n, 1)}
+
+  return evaluate
+
+
+def make_iteration(s: Setup, config, *, policy_graphdef, policy_of, critic_of, value_fn,
+                   prepare_fn, update_fn, stream: PromptStream, group_size: int):
+  """The python step the loop calls: generate, score, reward, update, control β."""
+  generate_fn = rollout_lib.make_generate_fn(policy_graphdef, s.sampling, group_size=group_size)
+  score_fn = rollout_lib.make_score_fn(policy_graphdef, value_fn=value_fn,
+                                       rm_graphdef=s.rm_graphdef,
+                                       rm_combine=config.reward.ensemble_combine,
+                                       rm_lambda=config.reward.ensemble_lambda)
+  texts = s.prompts["train"]
+  has_gold = hasattr(s.task, "gold_reward")
+  kc = config.kl
+
+  def iteration(state, batch, rng):
+    k_gen, k_upd = jax.random.split(rng)
+    t0 = time.perf_counter()
+    policy = policy_of(state.params)
+    pt, pm, gen = generate_fn(policy, batch["prompt_tokens"], batch["prompt_mask"], k_gen)
+    tokens, mask = rollout_lib.host_array(gen.tokens_BxT), rollout_lib.host_array(gen.mask_BxT)
+    t1 = time.perf_counter()
+    scored = score_fn(policy, s.sft.params, critic_of(state.params), s.rm, pt, pm,
+                      gen.tokens_BxT, gen.mask_BxT)
+    jax.block_until_ready(scored)
+    t2 = time.perf_counter()
+    index = np.repeat(rollout_lib.host_array(batch["prompt_index"]), group_size)
+    gold = None
+    if has_gold:
+      completions = reward_fns.decode_completions(s.tok, tokens, mask)
+      gold = reward_fns.gold_scores(s.task, [texts[i] for i in index], completions)
+    if config.reward.source == "gold":
+      scores = rollout_lib.to_device_like(gold, gen.stopped_B)
+    else:
+      scores = scored["rm_scores"]
+    fields = {"prompt_tokens": pt, "prompt_mask": pm, "tokens": gen.tokens_BxT,
+              "mask": gen.mask_BxT, "stopped": gen.stopped_B, **scored}
+    update_batch, prep_metrics = prepare_fn(fields, scores, jnp.float32(stream.kl_coef))
+    t3 = time.perf_counter()
+    state, metrics = update_fn(state, update_batch, k_upd)
+    jax.block_until_ready(state)
+    t4 = time.perf_counter()
+
+    kl = float(prep_metrics["kl"])
+    beta = stream.kl_coef
+    stream.kl_coef = float(kl_control.update(beta, kl, kind=kc.controller, target=kc.target,
+                                             horizon=kc.horizon, batch_size=len(index)))
+    generated = float(mask.sum())
+    metrics = {**metrics, **prep_metrics, "kl_coef": beta,
+               "reward": float(np.mean(rollout_lib.host_array(scores))),
+               "completion_length": generated / len(index),
+               "time/generation": t1 - t0, "time/scoring": t2 - t1, "time/update": t4 - t3,
+               "time/iteration": t4 - t0,
+               "generation_tokens_per_sec": generated / max(t1 - t0, 1e-9)}
+    if gold is not None:
+      metrics["gold_reward"] = float(np.mean(gold))
+    return state, metrics
+
+  iteration.jitted = {"generate": generate_fn, "score": score_fn, "update": update_fn,
+                      "prepare": prepare_fn}
+  return iteration
+
+
+def run(config, workdir: str, s: Setup, *, state, shardings, iteration, evaluate,
+        stream: PromptStream, export_params: Callable) -> loop.LoopResult:
+  result = loop.run(config=config, workdir=workdir, mesh=s.mesh, state=state,
+                    state_shardings=shardings, train_step=iteration, train_iter=stream,
+                    evaluate=evaluate, jit=False)
+  if result.finished:
+    export.save(workdir, export_params(result.state.params), kind="lm",
+                model_config=s.sft.model_config, tokenizer=s.tok_spec)
+  return result

@@ -1,0 +1,52 @@
+"""Critic-free policy-gradient stage: GRPO (and Dr. GRPO / DAPO settings), RLOO, REINFORCE.
+
+Selected by `config.pg.algorithm` (train/policy_gradient.py); the loop, rollouts, rewards and KL
+control are shared with PPO (stages/online.py). Produces `<workdir>/export` (kind "lm").
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from rlhf_jax.stages import online
+from rlhf_jax.train import export, loop, optimizer as optimizer_lib, rl_update
+from rlhf_jax.train import policy_gradient as pg, state as state_lib
+
+
+def make_prepare_fn(cfg):
+  def prepare(fields, scores_B, beta):
+    mask = fields["mask"].astype(jnp.float32)
+    kl_B = pg.sequence_kl(fields["old_logp"], fields["ref_logp"], mask)
+    adv_B = pg.advantages(cfg, scores_B, kl_B, beta)
+    batch = {k: fields[k] for k in ("prompt_tokens", "prompt_mask", "tokens", "mask", "old_logp",
+                                    "ref_logp")}
+    batch["advantages"] = adv_B
+    batch["kl_coef"] = jnp.full(adv_B.shape, beta, jnp.float32)
+    return batch, {"kl": jnp.mean(kl_B), "advantage_abs": jnp.mean(jnp.abs(adv_B))}
+  return jax.jit(prepare)
+
+
+def optimizer_steps(config) -> int:
+  return config.train.num_steps * config.pg.epochs * config.pg.minibatches
+
+
+def run(config, workdir: str) -> loop.LoopResult:
+  s = online.setup(config, workdir)
+  cfg = config.pg
+  tx = optimizer_lib.make_optimizer(config.optimizer, optimizer_steps(config))
+  make_model = lambda rngs: export.make_model("lm", s.sft.model_config, rngs)
+  graphdef, state, shardings = state_lib.init_state(make_model, tx, s.mesh, s.rules, config.seed,
+                                                    params=s.sft.params)
+  update = rl_update.make_update_fn(pg.make_loss_fn(graphdef, cfg, config.data.completion_len),
+                                    tx, num_epochs=cfg.epochs, num_minibatches=cfg.minibatches,
+                                    stop_kl=cfg.stop_kl or None)
+  update_fn = jax.jit(update, out_shardings=(shardings, None), donate_argnums=0)
+  stream = online.PromptStream(s.prompt_arrays["train"], config, config.kl.coef)
+  iteration = online.make_iteration(
+      s, config, policy_graphdef=graphdef, policy_of=lambda p: p, critic_of=lambda p: None,
+      value_fn=None, prepare_fn=make_prepare_fn(cfg), update_fn=update_fn, stream=stream,
+      group_size=cfg.group_size)
+  evaluate = online.make_evaluator(s, config, lambda p: p, graphdef, stream)
+  return online.run(config, workdir, s, state=state, shardings=shardings, iteration=iteration,
+                    evaluate=evaluate, stream=stream, export_params=lambda p: p)
