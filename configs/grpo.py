@@ -51,7 +51,7 @@ def get_config(arg=None):
     else:
       c.task.params.max_operand = 19
     c.eval.exact_prompts = 2
-    c.rl.prompts_per_step = 4
+    c.rl.prompts_per_step = 8
     c.pg.group_size = 4
     c.train.num_steps = 4
     c.train.log_every = 1

@@ -139,7 +139,7 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens_BxP: jax.Array,
   if IMPL == "model":
     cache = [{n: constrain(jnp.pad(x, ((0, 0), (0, length - p), (0, 0), (0, 0))), ("batch", None, "kv_heads", "kv")) for n, x in c.items()} for c in prefill_cache]
   else:
-    cache = [{n: constrain(x, decode_step.CACHE_AXES) for n, x in layer.items()}
+    cache = [{n: constrain(x, decode_step.CACHE_AXES[n]) for n, x in layer.items()}
              for layer in decode_step.cache_from_prefill(prefill_cache, length)]
     weights = decode_step.flat_weights(model)
   kv_mask_BxL = jnp.pad(prompt_mask_BxP, ((0, 0), (0, t_max - 1)))

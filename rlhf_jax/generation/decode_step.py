@@ -3,14 +3,15 @@
 `Transformer.hidden(..., cache=...)` serves prefill and decode alike with a [B, L, K, H] cache.
 For one query token per row that layout is slow on CPU: every step XLA transposes each layer's
 whole cache to put the (batch, kv-head) dimensions first for the batched attention matmuls. This
-module keeps the decode cache as [B, K, L, H] instead, so q·k and p·v are plain batched matmuls
-with no per-step copies, and flattens the projection weights to 2-D once, before the loop.
+module keeps the decode cache head-major instead (keys [B, K, H, L], values [B, K, L, H]), so
+q·k and p·v are plain batched matmuls with no per-step copies; it flattens the projection weights
+to 2-D once, before the loop, and computes the RoPE tables once per step rather than per layer.
 
 The math is the model's (models/transformer.py), reusing its modules (norms, MLP, RoPE, logits)
 and reading its attention weights; only the attention core for a single query is written here:
 
   q = rope(x Wq), k = rope(x Wk), v = x Wv        x: [B, D] at RoPE position pos_b
-  K[b, :, slot], V[b, :, slot] <- k, v            write the new token's key/value
+  K[b, :, :, slot], V[b, :, slot] <- k, v           write the new token's key/value
   s_{b,k,g,l} = q_{b,(k,g)} . K_{b,k,l} / sqrt(H) for l <= slot with kv_mask[b, l], else -inf
   o_{b,(k,g)} = sum_l softmax_l(s)_{b,k,g,l} V_{b,k,l}
   y = o Wo                                         (grouped-query: G = n_heads / n_kv_heads)
@@ -25,19 +26,21 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax.models.transformer import apply_rope
-
-CACHE_AXES = ("batch", "kv_heads", None, "kv")  # logical axes of a [B, K, L, H] cache leaf
+KEY_AXES = ("batch", "kv_heads", "kv", None)    # logical axes of a [B, K, H, L] key cache leaf
+VALUE_AXES = ("batch", "kv_heads", None, "kv")  # logical axes of a [B, K, L, H] value cache leaf
+CACHE_AXES = {"k": KEY_AXES, "v": VALUE_AXES}
 _MASKED = -1e30  # as in models/transformer.py
 
 
 def cache_from_prefill(prefill_cache: list[dict], length: int) -> list[dict]:
-  """Converts the model's [B, P, K, H] prefill cache to [B, K, length, H] (zero slots after P)."""
+  """Converts the model's [B, P, K, H] prefill cache to keys [B, K, H, length] and values
+  [B, K, length, H] (slots after P are zero)."""
   out = []
   for layer in prefill_cache:
-    out.append({name: jnp.pad(jnp.transpose(x, (0, 2, 1, 3)),
-                              ((0, 0), (0, 0), (0, length - x.shape[1]), (0, 0)))
-                for name, x in layer.items()})
+    extra = length - layer["k"].shape[1]
+    keys = jnp.pad(jnp.transpose(layer["k"], (0, 2, 3, 1)), ((0, 0), (0, 0), (0, 0), (0, extra)))
+    values = jnp.pad(jnp.transpose(layer["v"], (0, 2, 1, 3)), ((0, 0), (0, 0), (0, extra), (0, 0)))
+    out.append({"k": keys, "v": values})
   return out
 
 
@@ -52,30 +55,44 @@ def flat_weights(model) -> list[dict]:
   return out
 
 
-def _attend(cfg, w, x_BxD, positions_B, cache, slot, kv_mask_BxL):
+def rope_tables(positions_B: jax.Array, head_dim: int, theta: float):
+  """cos, sin [B, 1, H/2] of the rotary angles (as `apply_rope`), computed once per step."""
+  inv_freq_F = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  angles_BxF = positions_B.astype(jnp.float32)[:, None] * inv_freq_F
+  return jnp.cos(angles_BxF)[:, None, :], jnp.sin(angles_BxF)[:, None, :]
+
+
+def _rotate(x_BxNxH, cos_Bx1xF, sin_Bx1xF):
+  """`apply_rope` (half-split convention) with precomputed tables."""
+  half = x_BxNxH.shape[-1] // 2
+  x = x_BxNxH.astype(jnp.float32)
+  x1, x2 = x[..., :half], x[..., half:]
+  out = jnp.concatenate([x1 * cos_Bx1xF - x2 * sin_Bx1xF, x2 * cos_Bx1xF + x1 * sin_Bx1xF], -1)
+  return out.astype(x_BxNxH.dtype)
+
+
+def _attend(cfg, w, x_BxD, rope, cache, slot, kv_mask_BxL):
   """Attention of one new token per row; returns (y_BxD, updated layer cache)."""
   b = x_BxD.shape[0]
   n, k, h = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
   dt = x_BxD.dtype
-  q_Bx1xNxH = (x_BxD @ w["wq"].astype(dt)).reshape(b, 1, n, h)
-  k_Bx1xKxH = (x_BxD @ w["wk"].astype(dt)).reshape(b, 1, k, h)
+  q_BxNxH = _rotate((x_BxD @ w["wq"].astype(dt)).reshape(b, n, h), *rope)
+  k_BxKxH = _rotate((x_BxD @ w["wk"].astype(dt)).reshape(b, k, h), *rope)
   v_BxKx1xH = (x_BxD @ w["wv"].astype(dt)).reshape(b, k, 1, h)
-  q_Bx1xNxH = apply_rope(q_Bx1xNxH, positions_B[:, None], cfg.rope_theta)
-  k_BxKx1xH = apply_rope(k_Bx1xKxH, positions_B[:, None], cfg.rope_theta).reshape(b, k, 1, h)
-  keys_BxKxLxH = jax.lax.dynamic_update_slice(cache["k"], k_BxKx1xH.astype(cache["k"].dtype),
-                                              (0, 0, slot, 0))
-  values_BxKxLxH = jax.lax.dynamic_update_slice(cache["v"], v_BxKx1xH.astype(cache["v"].dtype),
-                                                (0, 0, slot, 0))
-  length = keys_BxKxLxH.shape[2]
-  q_BxKxGxH = q_Bx1xNxH.reshape(b, k, n // k, h)
-  scores_BxKxGxL = jnp.einsum("bkgh,bklh->bkgl", q_BxKxGxH, keys_BxKxLxH.astype(dt),
+  keys_BxKxHxL = jax.lax.dynamic_update_slice(
+      cache["k"], k_BxKxH[..., None].astype(cache["k"].dtype), (0, 0, 0, slot))
+  values_BxKxLxH = jax.lax.dynamic_update_slice(
+      cache["v"], v_BxKx1xH.astype(cache["v"].dtype), (0, 0, slot, 0))
+  length = keys_BxKxHxL.shape[3]
+  q_BxKxGxH = q_BxNxH.reshape(b, k, n // k, h)
+  scores_BxKxGxL = jnp.einsum("bkgh,bkhl->bkgl", q_BxKxGxH, keys_BxKxHxL.astype(dt),
                               preferred_element_type=jnp.float32) * (h ** -0.5)
   allowed_BxL = kv_mask_BxL.astype(bool) & (jnp.arange(length) <= slot)[None, :]
   scores_BxKxGxL = jnp.where(allowed_BxL[:, None, None, :], scores_BxKxGxL, _MASKED)
   probs_BxKxGxL = jax.nn.softmax(scores_BxKxGxL, axis=-1).astype(dt)
   out_BxKxGxH = jnp.einsum("bkgl,bklh->bkgh", probs_BxKxGxL, values_BxKxLxH.astype(dt))
   y_BxD = out_BxKxGxH.reshape(b, n * h) @ w["wo"].astype(dt)
-  return y_BxD, {"k": keys_BxKxLxH, "v": values_BxKxLxH}
+  return y_BxD, {"k": keys_BxKxHxL, "v": values_BxKxLxH}
 
 
 def decode_step(model, weights: list[dict], tokens_B: jax.Array, positions_B: jax.Array,
@@ -86,16 +103,17 @@ def decode_step(model, weights: list[dict], tokens_B: jax.Array, positions_B: ja
   Args:
     model: the merged `Transformer`; weights: `flat_weights(model)` (computed once per call).
     tokens_B, positions_B: the new tokens and their RoPE positions.
-    cache: per layer {'k', 'v'} of [B, K, L, H]; kv_mask_BxL marks every real slot, this one
-      included.
-    constrain: applied to each new cache leaf with CACHE_AXES (sharding constraints).
+    cache: per layer {'k': [B, K, H, L], 'v': [B, K, L, H]}; kv_mask_BxL marks every real slot,
+      this one included.
+    constrain: applied to each new cache leaf with its CACHE_AXES (sharding constraints).
   """
   cfg = model.cfg
+  rope = rope_tables(positions_B, cfg.head_dim, cfg.rope_theta)
   x_BxD = jnp.take(model.embed[...], tokens_B, axis=0).astype(jnp.dtype(cfg.dtype))
   new_cache = []
   for layer, w, c in zip(model.layers, weights, cache):
-    y_BxD, c = _attend(cfg, w, layer.attn_norm(x_BxD), positions_B, c, slot, kv_mask_BxL)
-    new_cache.append({name: constrain(v, CACHE_AXES) for name, v in c.items()})
+    y_BxD, c = _attend(cfg, w, layer.attn_norm(x_BxD), rope, c, slot, kv_mask_BxL)
+    new_cache.append({name: constrain(v, CACHE_AXES[name]) for name, v in c.items()})
     x_BxD = x_BxD + y_BxD
     x_BxD = x_BxD + layer.mlp(layer.mlp_norm(x_BxD)[:, None])[:, 0]
   logits_BxV = model.logits(model.final_norm(x_BxD)[:, None])[:, 0]

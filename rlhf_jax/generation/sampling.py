@@ -135,6 +135,14 @@ def process_logits(logits_NxV: jax.Array, config: SamplingConfig,
   return _truncate(z, config.top_k, config.top_p)
 
 
+def _argmax(z_BxV: jax.Array) -> jax.Array:
+  """First index of the row maximum (= jnp.argmax for finite z), as two vectorizable reductions
+  (XLA's CPU argmax is a slower scalar (value, index) reduction)."""
+  ids_V = jnp.arange(z_BxV.shape[-1], dtype=jnp.int32)
+  is_max_BxV = z_BxV == jnp.max(z_BxV, axis=-1, keepdims=True)
+  return jnp.min(jnp.where(is_max_BxV, ids_V, z_BxV.shape[-1]), axis=-1)
+
+
 def sample_tokens(logits_BxV: jax.Array, rng: jax.Array, config: SamplingConfig,
                   step: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
   """Draws one token per row; returns (tokens_B int32, logp_B float32).
@@ -144,7 +152,7 @@ def sample_tokens(logits_BxV: jax.Array, rng: jax.Array, config: SamplingConfig,
   """
   z_BxV = process_logits(logits_BxV, config, step)
   if config.greedy:
-    tokens_B = jnp.argmax(z_BxV, axis=-1).astype(jnp.int32)
+    tokens_B = _argmax(z_BxV)
   else:
     tokens_B = jax.random.categorical(rng, z_BxV, axis=-1).astype(jnp.int32)
   picked_B = jnp.take_along_axis(z_BxV, tokens_B[:, None], axis=-1)[:, 0]

@@ -203,12 +203,22 @@ def make_iteration(s: Setup, config, *, policy_graphdef, policy_of, critic_of, v
   return iteration
 
 
-def run(config, workdir: str, s: Setup, *, state, shardings, iteration, evaluate,
-        stream: PromptStream, export_params: Callable) -> loop.LoopResult:
-  result = loop.run(config=config, workdir=workdir, mesh=s.mesh, state=state,
-                    state_shardings=shardings, train_step=iteration, train_iter=stream,
-                    evaluate=evaluate, jit=False)
+@dataclasses.dataclass
+class Built:
+  """An algorithm wired to a Setup: its state, the loop step, evaluation and prompt stream."""
+  state: Any
+  shardings: Any
+  iteration: Callable
+  evaluate: Callable
+  stream: PromptStream
+  export_params: Callable   # train-state params -> the policy's params
+
+
+def run(config, workdir: str, s: Setup, b: Built) -> loop.LoopResult:
+  result = loop.run(config=config, workdir=workdir, mesh=s.mesh, state=b.state,
+                    state_shardings=b.shardings, train_step=b.iteration, train_iter=b.stream,
+                    evaluate=b.evaluate, jit=False)
   if result.finished:
-    export.save(workdir, export_params(result.state.params), kind="lm",
+    export.save(workdir, b.export_params(result.state.params), kind="lm",
                 model_config=s.sft.model_config, tokenizer=s.tok_spec)
   return result

@@ -31,8 +31,7 @@ def optimizer_steps(config) -> int:
   return config.train.num_steps * config.pg.epochs * config.pg.minibatches
 
 
-def run(config, workdir: str) -> loop.LoopResult:
-  s = online.setup(config, workdir)
+def build(config, s: online.Setup) -> online.Built:
   cfg = config.pg
   tx = optimizer_lib.make_optimizer(config.optimizer, optimizer_steps(config))
   make_model = lambda rngs: export.make_model("lm", s.sft.model_config, rngs)
@@ -48,5 +47,9 @@ def run(config, workdir: str) -> loop.LoopResult:
       value_fn=None, prepare_fn=make_prepare_fn(cfg), update_fn=update_fn, stream=stream,
       group_size=cfg.group_size)
   evaluate = online.make_evaluator(s, config, lambda p: p, graphdef, stream)
-  return online.run(config, workdir, s, state=state, shardings=shardings, iteration=iteration,
-                    evaluate=evaluate, stream=stream, export_params=lambda p: p)
+  return online.Built(state, shardings, iteration, evaluate, stream, export_params=lambda p: p)
+
+
+def run(config, workdir: str) -> loop.LoopResult:
+  s = online.setup(config, workdir)
+  return online.run(config, workdir, s, build(config, s))

@@ -54,8 +54,7 @@ def make_prepare_fn(cfg, with_ptx: bool):
   return jax.jit(prepare)
 
 
-def run(config, workdir: str) -> loop.LoopResult:
-  s = online.setup(config, workdir)
+def build(config, s: online.Setup, workdir: str) -> online.Built:
   cfg = config.ppo
   policy_graphdef, policy_abstract = state_lib.abstract_model(
       lambda r: export.make_model("lm", s.sft.model_config, r))
@@ -82,8 +81,13 @@ def run(config, workdir: str) -> loop.LoopResult:
       critic_of=lambda p: p["critic"], value_fn=value_fn, prepare_fn=prepare_fn,
       update_fn=update_fn, stream=stream, group_size=1)
   evaluate = online.make_evaluator(s, config, lambda p: p["policy"], policy_graphdef, stream)
-  return online.run(config, workdir, s, state=state, shardings=shardings, iteration=iteration,
-                    evaluate=evaluate, stream=stream, export_params=lambda p: p["policy"])
+  return online.Built(state, shardings, iteration, evaluate, stream,
+                      export_params=lambda p: p["policy"])
+
+
+def run(config, workdir: str) -> loop.LoopResult:
+  s = online.setup(config, workdir)
+  return online.run(config, workdir, s, build(config, s, workdir))
 
 
 def _with_ptx_batches(config, s: online.Setup, workdir: str, prepare_fn):

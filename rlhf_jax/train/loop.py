@@ -28,6 +28,11 @@ from rlhf_jax.train.metrics import MetricsWriter
 
 def to_global(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
   """Per-process numpy batch -> global jax.Arrays sharded over the data axes."""
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  for k, v in batch.items():
+    if (v.shape[0] * jax.process_count()) % shards:
+      raise ValueError(f"batch field {k!r}: global batch {v.shape[0] * jax.process_count()} is "
+                       f"not divisible by the {shards} data-parallel shards (mesh data x fsdp)")
   return {k: jax.make_array_from_process_local_data(sharding_lib.batch_sharding(mesh, v.ndim), v)
           for k, v in batch.items()}
 
