@@ -23,6 +23,9 @@ def base_config() -> ml_collections.ConfigDict:
       "overlong": "error",        # error | truncate | drop
       "allow_empty_completion": False,  # see data/pipeline.py Layout
       "end_by_length": False,
+      # SFT on these JSONL records ({"prompt", "completion"}) instead of the task's
+      # demonstrations (rejection sampling writes them).
+      "sft_records_path": "",
   })
   c.model = ml_collections.ConfigDict({"preset": "tiny", "family": "llama", "dtype": "float32"})
   # Start from an earlier stage's export (<workdir>/export): its tokenizer, shape and weights.

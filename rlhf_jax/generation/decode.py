@@ -136,14 +136,18 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens_BxP: jax.Array,
                                              cache=prefill_cache, cache_index=0,
                                              kv_mask_BxL=prompt_mask_BxP)
   logits_BxV = model.logits(hidden_BxPxD[:, -1:])[:, 0]
+  num_prompt_B = jnp.sum(prompt_mask_BxP, axis=1)
   if IMPL == "model":
     cache = [{n: constrain(jnp.pad(x, ((0, 0), (0, length - p), (0, 0), (0, 0))), ("batch", None, "kv_heads", "kv")) for n, x in c.items()} for c in prefill_cache]
   else:
     cache = [{n: constrain(x, decode_step.CACHE_AXES[n]) for n, x in layer.items()}
              for layer in decode_step.cache_from_prefill(prefill_cache, length)]
     weights = decode_step.flat_weights(model)
+    # RoPE tables of every decode step: token t-1 is fed at step t, at position n_b + t - 1.
+    steps_T = jnp.arange(t_max, dtype=jnp.int32)
+    cos_TxBx1xF, sin_TxBx1xF = decode_step.rope_tables(
+        num_prompt_B[None, :] + steps_T[:, None] - 1, model.cfg.head_dim, model.cfg.rope_theta)
   kv_mask_BxL = jnp.pad(prompt_mask_BxP, ((0, 0), (0, t_max - 1)))
-  num_prompt_B = jnp.sum(prompt_mask_BxP, axis=1)
 
   token_B, logp_B = sample_tokens(logits_BxV, jax.random.fold_in(rng, 0), config, jnp.int32(0))
   tokens_BxT = jnp.full((b, t_max), config.pad_id, jnp.int32).at[:, 0].set(token_B)
@@ -170,7 +174,8 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens_BxP: jax.Array,
                                        kv_mask_BxL=kv_mask_BxL)
       logits_BxV = model.logits(hidden_Bx1xD)[:, 0]
     else:
-      logits_BxV, cache = decode_step.decode_step(model, weights, prev_B, positions_Bx1[:, 0], cache, slot, kv_mask_BxL, constrain)
+      rope = (cos_TxBx1xF[t], sin_TxBx1xF[t])
+      logits_BxV, cache = decode_step.decode_step(model, weights, prev_B, rope, cache, slot, kv_mask_BxL, constrain)
     token_B, logp_B = sample_tokens(logits_BxV, jax.random.fold_in(rng, t), config, t)
     alive_B = ~done_B
     token_B = jnp.where(alive_B, token_B, config.pad_id)

@@ -55,11 +55,15 @@ def flat_weights(model) -> list[dict]:
   return out
 
 
-def rope_tables(positions_B: jax.Array, head_dim: int, theta: float):
-  """cos, sin [B, 1, H/2] of the rotary angles (as `apply_rope`), computed once per step."""
+def rope_tables(positions_NxB: jax.Array, head_dim: int, theta: float):
+  """cos, sin [N, B, 1, H/2] of the rotary angles at the given positions (as `apply_rope`).
+
+  The decode loop builds them for all steps before the loop: inside it XLA would recompute the
+  sin/cos in every consumer (each layer's q and k), which costs more than the rotation itself.
+  """
   inv_freq_F = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-  angles_BxF = positions_B.astype(jnp.float32)[:, None] * inv_freq_F
-  return jnp.cos(angles_BxF)[:, None, :], jnp.sin(angles_BxF)[:, None, :]
+  angles_NxBxF = positions_NxB.astype(jnp.float32)[..., None] * inv_freq_F
+  return jnp.cos(angles_NxBxF)[:, :, None, :], jnp.sin(angles_NxBxF)[:, :, None, :]
 
 
 def _rotate(x_BxNxH, cos_Bx1xF, sin_Bx1xF):
@@ -95,20 +99,20 @@ def _attend(cfg, w, x_BxD, rope, cache, slot, kv_mask_BxL):
   return y_BxD, {"k": keys_BxKxHxL, "v": values_BxKxLxH}
 
 
-def decode_step(model, weights: list[dict], tokens_B: jax.Array, positions_B: jax.Array,
+def decode_step(model, weights: list[dict], tokens_B: jax.Array, rope: tuple[jax.Array, jax.Array],
                 cache: list[dict], slot: jax.Array, kv_mask_BxL: jax.Array,
                 constrain: Callable[[Any, tuple], Any] = lambda x, axes: x):
   """Feeds one token per row at cache `slot`; returns (float32 logits_BxV, new cache).
 
   Args:
     model: the merged `Transformer`; weights: `flat_weights(model)` (computed once per call).
-    tokens_B, positions_B: the new tokens and their RoPE positions.
+    tokens_B: the new tokens; rope: their (cos, sin) tables [B, 1, H/2] (one step of
+      `rope_tables`).
     cache: per layer {'k': [B, K, H, L], 'v': [B, K, L, H]}; kv_mask_BxL marks every real slot,
       this one included.
     constrain: applied to each new cache leaf with its CACHE_AXES (sharding constraints).
   """
   cfg = model.cfg
-  rope = rope_tables(positions_B, cfg.head_dim, cfg.rope_theta)
   x_BxD = jnp.take(model.embed[...], tokens_B, axis=0).astype(jnp.dtype(cfg.dtype))
   new_cache = []
   for layer, w, c in zip(model.layers, weights, cache):

@@ -12,6 +12,7 @@ STAGES = {
     "dpo": "rlhf_jax.stages.dpo",
     "policy_gradient": "rlhf_jax.stages.policy_gradient",
     "ppo": "rlhf_jax.stages.ppo",
+    "best_of_n": "rlhf_jax.stages.best_of_n",
 }
 
 

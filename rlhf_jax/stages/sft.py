@@ -4,6 +4,7 @@ Produces `<workdir>/export` (kind "lm"), which later stages start from."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import jax
@@ -34,6 +35,19 @@ def make_evaluator(graphdef, eval_arrays, mesh, config):
   return evaluate
 
 
+def read_jsonl_records(path: str) -> list[dict]:
+  records = []
+  with open(path) as f:
+    for line_no, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+  return records
+
+
 def init_lm(config, mesh, rules, make_model):
   """Parameters from config.init.from_workdir's export, or None for a fresh initialisation."""
   if not config.init.from_workdir:
@@ -47,8 +61,11 @@ def run(config, workdir: str) -> loop.LoopResult:
   tok_spec = common.tokenizer_spec(config, workdir, task)
   tok = tokenizer_lib.from_spec(tok_spec)
   layout = common.layout(config, tok)
-  train_arrays, _ = pipeline.prepare_sft(common.records(config, workdir, "sft", "train"), layout,
-                                         name=f"{config.task.name}/train")
+  if config.data.sft_records_path:
+    train_records, name = read_jsonl_records(config.data.sft_records_path), "sft_records_path"
+  else:
+    train_records, name = common.records(config, workdir, "sft", "train"), config.task.name
+  train_arrays, _ = pipeline.prepare_sft(train_records, layout, name=f"{name}/train")
   eval_arrays, _ = pipeline.prepare_sft(common.records(config, workdir, "sft", "test"), layout,
                                         name=f"{config.task.name}/test")
 

@@ -1,0 +1,143 @@
+"""Best-of-n sampling and rejection-sampling fine-tuning.
+
+  best_of_n (inference): for each held-out prompt draw n completions from the policy, keep the
+    one with the highest reward (gold / verifier or a learned RM). Reports the reward and gold of
+    the kept samples against the policy's own, and on the enumerable world the EXACT KL of the
+    best-of-n policy to the sampling policy beside the analytic bound log n − (n−1)/n
+    (Stiennon et al. 2020; Beirami et al. 2024; tasks/exact.py).
+  rejection_sampling: the same selection on train prompts — the best per prompt, or the top-K
+    overall — written to `<workdir>/samples.jsonl`, then SFT on them from the policy
+    (Touvron et al. 2023, Llama 2 §3.2.3; DeepSeek-AI 2025, R1 stage 3).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+import numpy as np
+
+from rlhf_jax.data import pipeline
+from rlhf_jax.rewards import functions as reward_fns
+from rlhf_jax.stages import online, sft as sft_stage
+from rlhf_jax.tasks import exact
+from rlhf_jax.train import loop, metrics as metrics_lib, rollout as rollout_lib
+from rlhf_jax.train.enumerable_eval import EnumerableEvaluator
+
+MODES = ("best_of_n", "rejection_sampling")
+
+
+def sample_and_score(s: online.Setup, config, split: str, max_prompts: int):
+  """n samples per prompt of `split`: (prompt texts [P], completions [P][n], rewards [P, n],
+  gold [P, n] or None)."""
+  n = config.bon.n
+  gen = rollout_lib.make_generate_fn(s.sft.graphdef, s.sampling, group_size=n)
+  score = rollout_lib.make_score_fn(s.sft.graphdef, rm_graphdef=s.rm_graphdef,
+                                    rm_combine=config.reward.ensemble_combine,
+                                    rm_lambda=config.reward.ensemble_lambda)
+  texts = s.prompts[split]
+  prompts, completions, rewards, golds = [], [], [], []
+  rng = jax.random.key(config.seed)
+  has_gold = hasattr(s.task, "gold_reward")
+  for i, local in enumerate(pipeline.eval_batches(s.prompt_arrays[split],
+                                                  global_batch=config.rl.prompts_per_step,
+                                                  max_examples=max_prompts)):
+    g = loop.to_global(local, s.mesh)
+    pt, pm, out = gen(s.sft.params, g["prompt_tokens"], g["prompt_mask"], jax.random.fold_in(rng, i))
+    valid = np.repeat(local["prompt_mask"].sum(1) > 0, n)
+    index = np.repeat(local["prompt_index"], n)
+    texts_b = reward_fns.decode_completions(s.tok, rollout_lib.host_array(out.tokens_BxT),
+                                            rollout_lib.host_array(out.mask_BxT))
+    prompt_b = [texts[j] for j in index]
+    gold_b = reward_fns.gold_scores(s.task, prompt_b, texts_b) if has_gold else None
+    if config.reward.source == "gold":
+      reward_b = gold_b
+    else:
+      scored = score(s.sft.params, s.sft.params, None, s.rm, pt, pm, out.tokens_BxT, out.mask_BxT)
+      reward_b = rollout_lib.host_array(scored["rm_scores"])
+    for start in range(0, len(valid), n):
+      if not valid[start]:
+        continue
+      prompts.append(prompt_b[start])
+      completions.append(texts_b[start:start + n])
+      rewards.append(reward_b[start:start + n])
+      golds.append(None if gold_b is None else gold_b[start:start + n])
+  golds = None if not has_gold else np.asarray(golds, np.float64)
+  return prompts, completions, np.asarray(rewards, np.float64), golds
+
+
+def exact_best_of_n(s: online.Setup, config) -> dict:
+  """Exact best-of-n against the reward on the enumerable world (gold source only)."""
+  evaluator = EnumerableEvaluator(s.task, s.layout, s.sft.graphdef, s.mesh,
+                                  batch_size=config.eval.exact_batch_size,
+                                  max_prompts=config.eval.exact_prompts)
+  ref_PxN, _ = evaluator.distribution(s.sft.params)
+  n = config.bon.n
+  bon_PxN = exact.best_of_n_distribution(ref_PxN, evaluator.gold_PxN, n)
+  return {"exact/kl": float(np.mean(exact.exact_kl(bon_PxN, ref_PxN))),
+          "exact/kl_bound": exact.best_of_n_kl_bound(n),
+          "exact/gold_reward": float(np.mean(exact.expectation(bon_PxN, evaluator.gold_PxN))),
+          "exact/policy_gold_reward": float(np.mean(exact.expectation(ref_PxN,
+                                                                       evaluator.gold_PxN)))}
+
+
+def select(prompts, completions, rewards, *, keep: str, top_k: int) -> list[dict]:
+  """Best completion per prompt (`keep=best_per_prompt`) or the top_k (prompt, completion)
+  pairs by reward overall (`keep=top_k`)."""
+  if keep == "best_per_prompt":
+    best = np.argmax(rewards, axis=1)
+    return [{"prompt": p, "completion": c[j], "reward": float(r[j])}
+            for p, c, r, j in zip(prompts, completions, rewards, best)]
+  if keep == "top_k":
+    flat = [(float(r), p, c) for p, cs, rs in zip(prompts, completions, rewards)
+            for c, r in zip(cs, rs)]
+    flat.sort(key=lambda x: -x[0])
+    return [{"prompt": p, "completion": c, "reward": r} for r, p, c in flat[:top_k]]
+  raise ValueError(f"unknown bon.keep {keep!r}; valid: ['best_per_prompt', 'top_k']")
+
+
+def run(config, workdir: str):
+  if config.bon.mode not in MODES:
+    raise ValueError(f"unknown bon.mode {config.bon.mode!r}; valid: {list(MODES)}")
+  s = online.setup(config, workdir)
+  writer = metrics_lib.MetricsWriter(workdir, tensorboard=False)
+  if config.bon.mode == "best_of_n":
+    prompts, _, rewards, golds = sample_and_score(s, config, "test", config.train.eval_examples)
+    best = np.argmax(rewards, axis=1)
+    row = {"eval/reward": float(np.mean(rewards[np.arange(len(best)), best])),
+           "eval/policy_reward": float(np.mean(rewards)), "eval/prompts": len(prompts),
+           "eval/n": config.bon.n, "eval/kl_bound": exact.best_of_n_kl_bound(config.bon.n)}
+    if golds is not None:
+      row["eval/gold_reward"] = float(np.mean(golds[np.arange(len(best)), best]))
+      row["eval/policy_gold_reward"] = float(np.mean(golds))
+    if config.task.name == "enumerable" and config.reward.source == "gold":
+      row.update({f"eval/{k}": v for k, v in exact_best_of_n(s, config).items()})
+    writer.write(0, row)
+    writer.close()
+    logging.info("best-of-%d: %s", config.bon.n, row)
+    return row
+
+  prompts, completions, rewards, _ = sample_and_score(s, config, "train",
+                                                      config.bon.max_train_prompts)
+  selected = select(prompts, completions, rewards, keep=config.bon.keep, top_k=config.bon.top_k)
+  chosen = [r for r in selected if r["reward"] >= config.bon.min_reward
+            and (r["completion"] or config.data.allow_empty_completion)]
+  logging.info("rejection sampling: kept %d of %d selected samples (min_reward %s, empty "
+               "completions %s)", len(chosen), len(selected), config.bon.min_reward,
+               "kept" if config.data.allow_empty_completion else "dropped")
+  if not chosen:
+    raise ValueError("rejection sampling kept no samples: lower bon.min_reward or raise bon.n")
+  path = os.path.join(workdir, "samples.jsonl")
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(path, "w") as f:
+      for r in chosen:
+        f.write(json.dumps(r) + "\n")
+  writer.write(0, {"rs/samples": len(chosen), "rs/mean_reward": float(np.mean(
+      [r["reward"] for r in chosen])), "rs/policy_reward": float(np.mean(rewards))})
+  writer.close()
+  with config.unlocked():
+    config.data.sft_records_path = path
+  return sft_stage.run(config, os.path.join(workdir, "sft"))
