@@ -32,6 +32,11 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   return config
 
 
+def sub_config(recipe_file: str, spec: str) -> ml_collections.ConfigDict:
+  """Loads `spec` (e.g. "sft.py:enumerable") from the folder of the recipe file `recipe_file`."""
+  return load_config_file(os.path.join(os.path.dirname(os.path.abspath(recipe_file)), spec))
+
+
 def parse_variants(arg: str | None, valid: Iterable[str]) -> set[str]:
   """Splits a comma-separated arg string into variant names, rejecting unknown ones."""
   valid = set(valid)

@@ -28,8 +28,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-import os
-IMPL = os.environ.get('GEN_IMPL', 'fast')
 from rlhf_jax.generation import decode_step
 from rlhf_jax.generation.sampling import SamplingConfig, is_stop_token, sample_tokens
 from rlhf_jax.parallel import sharding as sharding_lib
@@ -129,25 +127,22 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens_BxP: jax.Array,
   prompt_tokens_BxP = jnp.asarray(prompt_tokens_BxP).astype(jnp.int32)
   prompt_mask_BxP = jnp.asarray(prompt_mask_BxP).astype(jnp.int32)
 
-  # Prefill through the model's own cached forward over the P prompt slots, then move the
-  # keys/values into the head-major decode cache of L slots (decode_step.py).
+  # Prefill: the model's own cached forward over the P prompt slots gives the logits of token 0;
+  # its keys/values move into the head-major decode cache of L slots (decode_step.py).
   prefill_cache = model.init_cache(b, p, dtype=cache_dtype)
   hidden_BxPxD, prefill_cache = model.hidden(prompt_tokens_BxP, mask_BxS=prompt_mask_BxP,
                                              cache=prefill_cache, cache_index=0,
                                              kv_mask_BxL=prompt_mask_BxP)
   logits_BxV = model.logits(hidden_BxPxD[:, -1:])[:, 0]
-  num_prompt_B = jnp.sum(prompt_mask_BxP, axis=1)
-  if IMPL == "model":
-    cache = [{n: constrain(jnp.pad(x, ((0, 0), (0, length - p), (0, 0), (0, 0))), ("batch", None, "kv_heads", "kv")) for n, x in c.items()} for c in prefill_cache]
-  else:
-    cache = [{n: constrain(x, decode_step.CACHE_AXES[n]) for n, x in layer.items()}
-             for layer in decode_step.cache_from_prefill(prefill_cache, length)]
-    weights = decode_step.flat_weights(model)
-    # RoPE tables of every decode step: token t-1 is fed at step t, at position n_b + t - 1.
-    steps_T = jnp.arange(t_max, dtype=jnp.int32)
-    cos_TxBx1xF, sin_TxBx1xF = decode_step.rope_tables(
-        num_prompt_B[None, :] + steps_T[:, None] - 1, model.cfg.head_dim, model.cfg.rope_theta)
+  cache = [{name: constrain(x, decode_step.CACHE_AXES[name]) for name, x in layer.items()}
+           for layer in decode_step.cache_from_prefill(prefill_cache, length)]
   kv_mask_BxL = jnp.pad(prompt_mask_BxP, ((0, 0), (0, t_max - 1)))
+  weights = decode_step.flat_weights(model)
+  # RoPE tables of every step: step t feeds token t-1 at position n_b + t - 1.
+  num_prompt_B = jnp.sum(prompt_mask_BxP, axis=1)
+  steps_T = jnp.arange(t_max, dtype=jnp.int32)
+  cos_TxBx1xF, sin_TxBx1xF = decode_step.rope_tables(
+      num_prompt_B[None, :] + steps_T[:, None] - 1, model.cfg.head_dim, model.cfg.rope_theta)
 
   token_B, logp_B = sample_tokens(logits_BxV, jax.random.fold_in(rng, 0), config, jnp.int32(0))
   tokens_BxT = jnp.full((b, t_max), config.pad_id, jnp.int32).at[:, 0].set(token_B)
@@ -167,15 +162,9 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens_BxP: jax.Array,
     # Token t-1 is real iff its row was alive when it was drawn (mask_BxT[:, t-1]).
     prev_real_Bx1 = jax.lax.dynamic_slice_in_dim(mask_BxT, t - 1, 1, axis=1)
     kv_mask_BxL = jax.lax.dynamic_update_slice_in_dim(kv_mask_BxL, prev_real_Bx1, slot, axis=1)
-    positions_Bx1 = (num_prompt_B + t - 1)[:, None]
-    if IMPL == "model":
-      hidden_Bx1xD, cache = model.hidden(prev_B[:, None], mask_BxS=prev_real_Bx1,
-                                       positions_BxS=positions_Bx1, cache=cache, cache_index=slot,
-                                       kv_mask_BxL=kv_mask_BxL)
-      logits_BxV = model.logits(hidden_Bx1xD)[:, 0]
-    else:
-      rope = (cos_TxBx1xF[t], sin_TxBx1xF[t])
-      logits_BxV, cache = decode_step.decode_step(model, weights, prev_B, rope, cache, slot, kv_mask_BxL, constrain)
+    logits_BxV, cache = decode_step.decode_step(model, weights, prev_B,
+                                                (cos_TxBx1xF[t], sin_TxBx1xF[t]), cache, slot,
+                                                kv_mask_BxL, constrain)
     token_B, logp_B = sample_tokens(logits_BxV, jax.random.fold_in(rng, t), config, t)
     alive_B = ~done_B
     token_B = jnp.where(alive_B, token_B, config.pad_id)

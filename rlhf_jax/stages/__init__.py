@@ -13,6 +13,7 @@ STAGES = {
     "policy_gradient": "rlhf_jax.stages.policy_gradient",
     "ppo": "rlhf_jax.stages.ppo",
     "best_of_n": "rlhf_jax.stages.best_of_n",
+    "recipe": "rlhf_jax.stages.recipe",
 }
 
 

@@ -138,6 +138,5 @@ def run(config, workdir: str):
   writer.write(0, {"rs/samples": len(chosen), "rs/mean_reward": float(np.mean(
       [r["reward"] for r in chosen])), "rs/policy_reward": float(np.mean(rewards))})
   writer.close()
-  with config.unlocked():
-    config.data.sft_records_path = path
-  return sft_stage.run(config, os.path.join(workdir, "sft"))
+  config.data.sft_records_path = path
+  return sft_stage.run(config, workdir)  # exports to <workdir>/export like every stage
