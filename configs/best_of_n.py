@@ -26,6 +26,10 @@ def get_config(arg=None):
       "min_reward": -1e9})   # e.g. 1.0 keeps only verified-correct samples
   if "learned" in variants:
     c.reward.source = "learned"
+  if "rejection_sampling" in variants:
+    # Samples re-tokenize from text (a stray byte piece decodes to U+FFFD, three bytes); ones
+    # that no longer fit completion_len are dropped and counted.
+    c.data.overlong = "drop"
   c.rl.prompts_per_step = 64
   c.train.eval_examples = 512       # held-out prompts for best-of-n
   c.train.num_steps = 200           # SFT steps on the selected samples (rejection sampling)

@@ -13,18 +13,22 @@ from rlhf_jax import configlib, defaults
 
 
 def get_config(arg=None):
-  variants = configlib.parse_variants(arg, {"test", "bt", "arithmetic"})
+  variants = configlib.parse_variants(arg, {"test", "bt", "arithmetic", "on_policy"})
   c = defaults.base_config()
   c.stage = "dpo"
   if "arithmetic" not in variants:
     defaults.use_enumerable_world(c)
   if "bt" in variants:
     c.task.params.labels = "bradley_terry"
+  # Pairs: the task's gold-labelled ones, or sampled from the SFT policy and ranked by a reward
+  # (on_policy: bon.n samples per prompt, best vs worst; reward.source gold or learned).
+  c.data.pairs = "on_policy" if "on_policy" in variants else "task"
+  defaults.online_rl(c)
+  c.bon = ml_collections.ConfigDict({"n": 4, "max_train_prompts": 4096})
   c.loss = ml_collections.ConfigDict({
       "name": "dpo", "beta": 0.5, "label_smoothing": 0.0, "simpo_gamma": 0.5,
       "sft_coef": 0.0})
-  # Exact evaluation on the enumerable world: prompts scored over every completion.
-  c.eval = ml_collections.ConfigDict({"exact_prompts": 8, "exact_batch_size": 4096})
+  # Exact evaluation on the enumerable world: prompts scored over every completion (eval.*).
   c.optimizer.lr = 1e-3
   c.train.num_steps = 300
   c.train.eval_every = 100
@@ -36,6 +40,8 @@ def get_config(arg=None):
       c.task.params.num_sft = (2048, 256)
       c.task.params.num_pairs = (512, 128)
     c.eval.exact_prompts = 2
+    c.bon.max_train_prompts = 64
+    c.rl.prompts_per_step = 8
     c.data.batch_size = 16
     c.train.num_steps = 10
     c.train.log_every = 2

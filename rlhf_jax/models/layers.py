@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rlhf_jax.models.lora import project
 from rlhf_jax.models.presets import ModelConfig
 
 
@@ -131,8 +132,10 @@ class MLP(nnx.Module):
 
   gated (Shazeer 2020, SwiGLU / GeGLU):  down(act(x W_gate + b_gate) * (x W_up + b_up)) + b_down
   plain (GPT-2):                          down(act(x W_up + b_up)) + b_down
-  Biases exist only with cfg.mlp_bias.
+  Biases exist only with cfg.mlp_bias. Each x W also adds its LoRA adapter when one is attached.
   """
+
+  LORA_TARGETS = {"w_gate": 1, "w_up": 1, "w_down": 1}  # weight -> leading input dims (lora.py)
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     d, f = cfg.d_model, cfg.d_ff
@@ -155,7 +158,7 @@ class MLP(nnx.Module):
     dt = x_BxSxD.dtype
 
     def proj(name, bias_name, x, spec):
-      y = jnp.einsum(spec, x, getattr(self, name)[...].astype(dt))
+      y = project(self, name, spec, x)
       return y + getattr(self, bias_name)[...].astype(dt) if self.use_bias else y
 
     up_BxSxF = proj("w_up", "b_up", x_BxSxD, "bsd,df->bsf")

@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from rlhf_jax.models.remat import check_remat
+
 NORMS = ("rms", "layer")
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
 POSITION_EMBEDDINGS = ("rope", "learned")
@@ -42,6 +44,11 @@ class ModelConfig:
 
   vocab_size is usually filled in from the tokenizer at build time.
   dtype is the compute dtype; parameters are kept in param_dtype (float32 master weights).
+  Mixed precision (dtype="bfloat16"): every matmul takes bfloat16 inputs (weights cast at use),
+  norms, RoPE and the attention softmax compute in float32, and the vocabulary logits are
+  accumulated and returned in float32, so log-probs and losses are float32.
+  remat: rematerialisation policy of each block in training (models/remat.py: none | full |
+  dots_saveable | dots_with_no_batch_dims_saveable); it changes memory and time, not values.
 
   Architecture options (defaults = Llama):
     family: label of the model family (see FAMILIES); Hugging Face export writes this family.
@@ -69,6 +76,7 @@ class ModelConfig:
   tie_embeddings: bool = False
   dtype: str = "float32"
   param_dtype: str = "float32"
+  remat: str = "none"
   family: str = "llama"
   norm: str = "rms"
   norm_scale_offset: float = 0.0
@@ -94,6 +102,7 @@ class ModelConfig:
                         ("position_embedding", POSITION_EMBEDDINGS)):
       if getattr(self, name) not in valid:
         raise ValueError(f"unknown ModelConfig.{name} {getattr(self, name)!r}; valid: {list(valid)}")
+    check_remat(self.remat)
     if self.rope_scaling:
       scaling = dict(self.rope_scaling)
       if scaling.get("rope_type") not in ROPE_TYPES:

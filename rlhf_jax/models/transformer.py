@@ -24,7 +24,9 @@ from flax import nnx
 
 from rlhf_jax.models.layers import (MLP, LayerNorm, RMSNorm, apply_rope, make_norm, param,
                                     zeros)
+from rlhf_jax.models.lora import project
 from rlhf_jax.models.presets import ModelConfig
+from rlhf_jax.models.remat import remat_block
 
 __all__ = ["Attention", "Block", "LayerCache", "LayerNorm", "MLP", "RMSNorm", "Transformer",
            "apply_rope", "positions_from_mask"]
@@ -40,7 +42,10 @@ def positions_from_mask(mask_BxS: jax.Array) -> jax.Array:
 
 class Attention(nnx.Module):
   """Grouped-query attention (Ainslie et al. 2023): n_heads query heads share n_kv_heads key/value
-  heads; softmax(q k^T / sqrt(head_dim) + mask) v, optional biases on q/k/v and the output."""
+  heads; softmax(q k^T / sqrt(head_dim) + mask) v, optional biases on q/k/v and the output.
+  Projections add their LoRA adapters when attached (models/lora.py)."""
+
+  LORA_TARGETS = {"wq": 1, "wk": 1, "wv": 1, "wo": 2}  # weight -> leading input dims (lora.py)
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     d, n, k, h = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -62,9 +67,9 @@ class Attention(nnx.Module):
                cache_index):
     cfg = self.cfg
     dt = x_BxSxD.dtype
-    q_BxSxNxH = jnp.einsum("bsd,dnh->bsnh", x_BxSxD, self.wq[...].astype(dt))
-    k_BxSxKxH = jnp.einsum("bsd,dkh->bskh", x_BxSxD, self.wk[...].astype(dt))
-    v_BxSxKxH = jnp.einsum("bsd,dkh->bskh", x_BxSxD, self.wv[...].astype(dt))
+    q_BxSxNxH = project(self, "wq", "bsd,dnh->bsnh", x_BxSxD)
+    k_BxSxKxH = project(self, "wk", "bsd,dkh->bskh", x_BxSxD)
+    v_BxSxKxH = project(self, "wv", "bsd,dkh->bskh", x_BxSxD)
     if cfg.qkv_bias:
       q_BxSxNxH = q_BxSxNxH + self.bq[...].astype(dt)
       k_BxSxKxH = k_BxSxKxH + self.bk[...].astype(dt)
@@ -97,7 +102,7 @@ class Attention(nnx.Module):
     probs = jax.nn.softmax(scores_BxKxGxSxL, axis=-1).astype(dt)
     out_BxSxKxGxH = jnp.einsum("bkgsl,blkh->bskgh", probs, values_BxLxKxH.astype(dt))
     out_BxSxNxH = out_BxSxKxGxH.reshape(b, s, n, h)
-    y_BxSxD = jnp.einsum("bsnh,nhd->bsd", out_BxSxNxH, self.wo[...].astype(dt))
+    y_BxSxD = project(self, "wo", "bsnh,nhd->bsd", out_BxSxNxH)
     if cfg.attn_out_bias:
       y_BxSxD = y_BxSxD + self.bo[...].astype(dt)
     return y_BxSxD, new_cache
@@ -157,7 +162,8 @@ class Transformer(nnx.Module):
              cache: Optional[list[LayerCache]] = None, cache_index=0, kv_mask_BxL=None):
     """Final hidden states [B, S, D] (and the updated cache when one is given).
 
-    Without a cache, keys are the S input tokens and `kv_mask_BxL` defaults to `mask_BxS`.
+    Without a cache, keys are the S input tokens and `kv_mask_BxL` defaults to `mask_BxS`, and
+    each block is rematerialised in the backward pass as `cfg.remat` says (models/remat.py).
     With a cache of length L, the inputs occupy slots [cache_index, cache_index + S) and
     `kv_mask_BxL` must mark every real slot of the whole cache.
     """
@@ -170,7 +176,11 @@ class Transformer(nnx.Module):
     x = self.embed_tokens(tokens_BxS, positions_BxS)
     new_cache = []
     for i, layer in enumerate(self.layers):
-      x, c = layer(x, positions_BxS, kv_mask_BxL, None if cache is None else cache[i], cache_index)
+      if cache is None and self.cfg.remat != "none":
+        x, c = remat_block(layer, self.cfg.remat, x, positions_BxS, kv_mask_BxL, cache_index), None
+      else:
+        x, c = layer(x, positions_BxS, kv_mask_BxL, None if cache is None else cache[i],
+                     cache_index)
       new_cache.append(c)
     x = self.final_norm(x)
     return (x, new_cache) if cache is not None else (x, None)

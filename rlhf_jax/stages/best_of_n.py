@@ -98,6 +98,30 @@ def select(prompts, completions, rewards, *, keep: str, top_k: int) -> list[dict
   raise ValueError(f"unknown bon.keep {keep!r}; valid: ['best_per_prompt', 'top_k']")
 
 
+def ranked_pairs(s: online.Setup, config, split: str, max_prompts: int) -> list[dict]:
+  """On-policy preference pairs: bon.n samples per prompt, the best and the worst by reward
+  (Tülu 3's on-policy DPO data, ranked by a reward model or a verifier). Prompts whose samples
+  all tie are dropped and counted."""
+  prompts, completions, rewards, golds = sample_and_score(s, config, split, max_prompts)
+  records, ties, empty = [], 0, 0
+  for i, (p, cs, rs) in enumerate(zip(prompts, completions, rewards)):
+    hi, lo = int(np.argmax(rs)), int(np.argmin(rs))
+    if rs[hi] == rs[lo] or cs[hi] == cs[lo]:
+      ties += 1
+      continue
+    if not config.data.allow_empty_completion and not (cs[hi] and cs[lo]):
+      empty += 1
+      continue
+    records.append({"prompt": p, "chosen": cs[hi], "rejected": cs[lo],
+                    "chosen_gold": float(golds[i][hi]) if golds is not None else float("nan"),
+                    "rejected_gold": float(golds[i][lo]) if golds is not None else float("nan")})
+  logging.info("on-policy pairs (%s): %d kept; prompts dropped: %d all samples tied, %d an empty "
+               "completion (data.allow_empty_completion is off)", split, len(records), ties, empty)
+  if not records:
+    raise ValueError("on-policy pairs: every prompt's samples tied; raise bon.n or temperature")
+  return records
+
+
 def run(config, workdir: str):
   if config.bon.mode not in MODES:
     raise ValueError(f"unknown bon.mode {config.bon.mode!r}; valid: {list(MODES)}")

@@ -64,6 +64,18 @@ def make_evaluator(graphdef, arrays, mesh, config, exact_eval):
   return evaluate
 
 
+def pair_records(config, workdir: str, split: str) -> list[dict]:
+  """The task's labelled pairs, or (train split, data.pairs = on_policy) pairs sampled from the
+  initial policy and ranked by the configured reward (stages/best_of_n.ranked_pairs)."""
+  if config.data.pairs == "task" or split != "train":
+    return common.records(config, workdir, "preference", split)
+  if config.data.pairs != "on_policy":
+    raise ValueError(f"unknown data.pairs {config.data.pairs!r}; valid: ['task', 'on_policy']")
+  from rlhf_jax.stages import best_of_n, online  # pylint: disable=g-import-not-at-top
+  s = online.setup(config, workdir)
+  return best_of_n.ranked_pairs(s, config, "train", config.bon.max_train_prompts)
+
+
 @dataclasses.dataclass
 class Setup:
   """Everything a DPO run needs before its loop: mesh, data with reference log-probs, state."""
@@ -91,8 +103,8 @@ def prepare(config, workdir: str) -> Setup:
   cache = os.path.join(workdir, "reference_logps.npz")
   arrays = {}
   for split in ("train", "test"):
-    pairs, _ = pipeline.prepare_preference(common.records(config, workdir, "preference", split),
-                                           layout, name=f"preference/{split}")
+    pairs, _ = pipeline.prepare_preference(pair_records(config, workdir, split), layout,
+                                           name=f"preference/{split}")
     arrays[split] = distributed.on_process_zero_first(
         f"ref/{split}", lambda p=pairs, s=split: reference_logps(sft.graphdef, sft.params, p, mesh,
                                                                  config, cache, s))

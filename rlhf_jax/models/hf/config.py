@@ -178,7 +178,8 @@ def config_to_hf(cfg: ModelConfig, *, dtype: str | None = None) -> dict[str, Any
     if family == "llama":
       hf.update(mlp_bias=cfg.mlp_bias)
   # Whatever the family cannot express shows up as a difference after the round trip.
-  back = config_from_hf(hf, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+  back = dataclasses.replace(config_from_hf(hf, dtype=cfg.dtype, param_dtype=cfg.param_dtype),
+                             remat=cfg.remat)  # numerics options, not in config.json
   diff = {f.name: (getattr(cfg, f.name), getattr(back, f.name))
           for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(back, f.name)}
   if diff:

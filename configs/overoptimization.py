@@ -1,0 +1,92 @@
+"""Reward-model over-optimisation at toy scale (Gao, Schulman & Hilton 2022), on the enumerable world.
+
+  python experiments/overoptimization.py --config=configs/overoptimization.py \\
+      --workdir=runs/overopt --results=experiments/results/overoptimization
+Variants: `test` (a ≤ 3 minute version for tests/experiments: fewer proxies, steps and runs).
+Any field can be overridden: --config.ppo.steps=40, --config.proxy.pairs="(512, 4096)".
+
+Proxies: one reward model per (shape, pairs) of the grid (`proxy.grid`: "full" = every shape at
+every training-set size; "cross" = every shape at `proxy.default_pairs` and every size at
+`proxy.default_shape`), plus an ensemble of `proxy.ensemble.size` members for the mitigations.
+Shapes are ModelConfig fields (d_model, n_layers, ...); `proxy.init` = "scratch" (random
+initialisation of that shape) or "sft" (an SFT model of that shape, trained first).
+"""
+
+import ml_collections
+
+from rlhf_jax import configlib
+
+SHAPES = {
+    # name: ModelConfig fields (vocab from the tokenizer). Sizes grow ~4x per step.
+    "xs": dict(d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=8, d_ff=32),
+    "s": dict(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=16, d_ff=64),
+    "m": dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=192),
+    "l": dict(d_model=128, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=32, d_ff=384),
+}
+
+
+def get_config(arg=None):
+  variants = configlib.parse_variants(arg, {"test"})
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.data_dir = ""                      # default: <workdir>/data (shared by every stage)
+  # Exact evaluation: the first `prompts` held-out (test) prompts of the world, every completion.
+  c.world = ml_collections.ConfigDict({"prompts": 8, "batch_size": 2048})
+  c.sft = ml_collections.ConfigDict({"steps": 400, "batch_size": 64})
+  c.proxy = ml_collections.ConfigDict({
+      "shapes": ml_collections.ConfigDict({k: ml_collections.ConfigDict(v)
+                                           for k, v in SHAPES.items()}),
+      "sizes": ("xs", "s", "m"),        # proxy shapes used, smallest first
+      "pairs": (256, 1024, 4096),       # training-set sizes (gold-labelled reference pairs)
+      "grid": "cross",                  # cross | full
+      "default_shape": "m",
+      "default_pairs": 4096,
+      "test_pairs": 1024,               # held-out pairs (test prompts) for accuracy
+      "init": "scratch",                # scratch | sft
+      "steps": 300, "batch_size": 64, "lr": 3e-3, "normalization_examples": 1024,
+      "ensemble": ml_collections.ConfigDict({"size": 4, "shape": "xs", "pairs": 4096,
+                                             "data_fraction": 0.8, "lam": 1.0}),
+  })
+  # The proxy whose curves the acceptance figures (summary.json) report: the smallest shape at
+  # the default training-set size.
+  c.acceptance_proxy = ""              # "" = f"{sizes[0]}_p{default_pairs}"
+  c.bon = ml_collections.ConfigDict({
+      "n_max": 2 ** 20, "points_per_octave": 2, "fit_n_max": 2 ** 20,
+      "estimator_ns": (1, 4, 16, 64, 256, 1024), "estimator_samples": 4096,
+      "estimator_repeats": 8})
+  # The exact optimum of E[r] − β·KL against each proxy (π* ∝ π_ref·exp(r/β)), a β grid.
+  c.kl_opt = ml_collections.ConfigDict({"betas": (3.0, 2.0, 1.5, 1.0, 0.7, 0.5, 0.35, 0.25, 0.18,
+                                                  0.12, 0.08, 0.05, 0.03, 0.02, 0.01)})
+  c.ppo = ml_collections.ConfigDict({
+      "steps": 60, "eval_every": 4, "lr": 3e-4, "prompts_per_step": 64, "epochs": 4,
+      "minibatches": 4,
+      "proxies": "all",                 # all | acceptance: PPO at β = 0 against these proxies
+      "gold": True,                     # PPO at β = 0 against the gold reward itself
+      "betas": (0.01, 0.03, 0.1),       # KL-penalty sweep against the acceptance proxy
+      "ensemble_combines": ("mean", "worst_case", "mean_minus_var"),
+  })
+  c.dpo = ml_collections.ConfigDict({
+      "losses": ("dpo", "ipo"), "betas": (0.1, 0.5), "steps": 200, "eval_every": 20,
+      "lr": 1e-3, "batch_size": 64, "pairs": 4096, "eval_pairs": 256})
+  if "test" in variants:
+    c.world.prompts = 2
+    c.sft.steps, c.sft.batch_size = 60, 32
+    c.proxy.sizes = ("xs", "s")
+    c.proxy.pairs = (256, 1024)
+    c.proxy.default_shape, c.proxy.default_pairs = "s", 1024
+    c.proxy.test_pairs = 128
+    c.proxy.steps, c.proxy.batch_size = 40, 32
+    c.proxy.normalization_examples = 128
+    c.proxy.ensemble.size, c.proxy.ensemble.pairs = 2, 1024
+    c.bon.n_max, c.bon.points_per_octave = 2 ** 12, 1
+    c.bon.estimator_ns, c.bon.estimator_samples, c.bon.estimator_repeats = (1, 16), 256, 2
+    c.kl_opt.betas = (1.0, 0.3, 0.1)
+    c.ppo.steps, c.ppo.eval_every, c.ppo.lr = 4, 2, 1e-3
+    c.ppo.prompts_per_step, c.ppo.epochs, c.ppo.minibatches = 16, 1, 2
+    c.ppo.proxies = "acceptance"
+    c.ppo.betas = (0.1,)
+    c.ppo.ensemble_combines = ("worst_case",)
+    c.dpo.losses, c.dpo.betas = ("dpo", "ipo"), (0.5,)
+    c.dpo.steps, c.dpo.eval_every, c.dpo.batch_size = 6, 3, 16
+    c.dpo.pairs, c.dpo.eval_pairs = 256, 32
+  return c
