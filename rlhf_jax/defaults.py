@@ -27,7 +27,13 @@ def base_config() -> ml_collections.ConfigDict:
       # demonstrations (rejection sampling writes them).
       "sft_records_path": "",
   })
-  c.model = ml_collections.ConfigDict({"preset": "tiny", "family": "llama", "dtype": "float32"})
+  # dtype: compute dtype (params stay float32, train/precision.py); remat: per-block
+  # rematerialisation, none | full | dots_saveable | dots_with_no_batch_dims_saveable.
+  c.model = ml_collections.ConfigDict({"preset": "tiny", "family": "llama", "dtype": "float32",
+                                       "remat": "none"})
+  # LoRA adapters (train/lora.py): rank 0 = off (full fine-tuning); targets: weight names
+  # (wq, wk, wv, wo, w_gate, w_up, w_down) or groups (attn, mlp, all), comma-separated.
+  c.lora = ml_collections.ConfigDict({"rank": 0, "alpha": 16.0, "targets": "all"})
   # Start from an earlier stage's export (<workdir>/export): its tokenizer, shape and weights.
   c.init = ml_collections.ConfigDict({"from_workdir": ""})
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
@@ -44,7 +50,12 @@ def base_config() -> ml_collections.ConfigDict:
       "checkpoint_every": 100, "keep_checkpoints": 2, "tensorboard": True,
       # > 0: stop (checkpointed) after this step, as a preemption would; the schedule still
       # follows num_steps, so a later run resumes exactly where this one stopped.
-      "stop_at_step": 0})
+      "stop_at_step": 0,
+      # Gradient accumulation: each step processes the global batch in this many micro-batches.
+      "microbatches": 1,
+      # Compile the train step ahead of time from abstract shapes and log XLA's memory analysis
+      # and the per-role memory estimate (train/aot.py) before the loop starts.
+      "aot_memory": False})
   return c
 
 

@@ -12,8 +12,8 @@ import numpy as np
 
 from rlhf_jax.data import pipeline, tokenizer as tokenizer_lib
 from rlhf_jax.stages import common
-from rlhf_jax.train import export, loop, optimizer as optimizer_lib, sft as sft_steps
-from rlhf_jax.train import state as state_lib
+from rlhf_jax.train import aot, export, lora, loop, optimizer as optimizer_lib, precision
+from rlhf_jax.train import sft as sft_steps, state as state_lib
 
 
 def make_evaluator(graphdef, eval_arrays, mesh, config):
@@ -70,22 +70,32 @@ def run(config, workdir: str) -> loop.LoopResult:
                                         name=f"{config.task.name}/test")
 
   model_cfg = common.model_config(config, tok.vocab_size)
-  make_model = lambda rngs: export.make_model("lm", model_cfg, rngs)
+  run_cfg = precision.apply_model_options(model_cfg, config)  # + remat (not exported)
+  make_model = lambda rngs: export.make_model("lm", run_cfg, rngs)
   tx = optimizer_lib.make_optimizer(config.optimizer, config.train.num_steps)
+  adapted = lora.adapt(config.lora, make_model, tx, init_lm(config, mesh, rules, make_model),
+                       mesh, rules, config.seed)
   graphdef, state, shardings = state_lib.init_state(
-      make_model, tx, mesh, rules, config.seed, params=init_lm(config, mesh, rules, make_model))
+      adapted.make_model, adapted.tx, mesh, rules, config.seed, params=adapted.params)
   logging.info("sft: %s parameters on mesh %s", f"{state_lib.param_count(state.params):,}",
                dict(mesh.shape))
+  train_step = sft_steps.make_train_step(graphdef, adapted.tx,
+                                         microbatches=config.train.microbatches,
+                                         trainable=adapted.trainable)
+  jit_step = not config.train.aot_memory
+  if config.train.aot_memory:  # the loop runs the executable compiled here
+    train_step, _, _ = aot.log_train_step_memory(train_step, state, shardings, train_arrays,
+                                                 config.data.batch_size, mesh)
 
   train_iter = iter(pipeline.train_dataset(
       train_arrays, global_batch=config.data.batch_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count()))
   result = loop.run(config=config, workdir=workdir, mesh=mesh, state=state,
                     state_shardings=shardings,
-                    train_step=sft_steps.make_train_step(graphdef, tx), train_iter=train_iter,
+                    train_step=train_step, train_iter=train_iter,
                     evaluate=make_evaluator(graphdef, eval_arrays, mesh, config),
-                    tokens_per_step=lambda b: int(np.sum(b["mask"])))
+                    tokens_per_step=lambda b: int(np.sum(b["mask"])), jit=jit_step)
   if result.finished:
-    export.save(workdir, result.state.params, kind="lm", model_config=model_cfg,
-                tokenizer=tok_spec)
+    export.save(workdir, adapted.export(result.state.params), kind="lm",
+                model_config=model_cfg, tokenizer=tok_spec)
   return result

@@ -16,7 +16,9 @@ Per device, an executable needs about  arguments + outputs - aliased (donated) +
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import time
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 import jax
@@ -27,7 +29,7 @@ from flax import nnx
 
 from rlhf_jax import models
 from rlhf_jax.parallel import sharding as sharding_lib
-from rlhf_jax.train import loop
+from rlhf_jax.train import lora, loop, optimizer as optimizer_lib, sft
 from rlhf_jax.train import state as state_lib
 
 MEMORY_FIELDS = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
@@ -55,6 +57,13 @@ def abstract_batch(shapes: Mapping[str, tuple], mesh, dtype=jnp.int32) -> dict:
   """{name: ShapeDtypeStruct(global shape, dtype)} split over the data axes, as loop.to_global."""
   return {k: jax.ShapeDtypeStruct(tuple(s), dtype, sharding=sharding_lib.batch_sharding(mesh, len(s)))
           for k, s in shapes.items()}
+
+
+def batch_like(arrays: Mapping[str, np.ndarray], global_batch: int, mesh) -> dict:
+  """Abstract global batches of `global_batch` rows of a prepared dataset's fields."""
+  return {k: jax.ShapeDtypeStruct((global_batch,) + v.shape[1:], v.dtype,
+                                  sharding=sharding_lib.batch_sharding(mesh, v.ndim))
+          for k, v in arrays.items()}
 
 
 def compile_train_step(train_step: Callable, abstract_state, state_shardings, batch, mesh):
@@ -111,13 +120,14 @@ def _abstract_params(make_model, mesh, rules, dtype: Optional[str] = None):
 def role_trees(model_cfg: models.ModelConfig, tx: optax.GradientTransformation, mesh, rules, *,
                roles: Iterable[str] = ("policy", "reference", "critic", "reward_model"),
                reference_dtype: Optional[str] = None, reward_ensemble: int = 1,
-               make_policy: Optional[Callable] = None) -> dict[str, Any]:
+               make_policy: Optional[Callable] = None,
+               policy_tx: Optional[optax.GradientTransformation] = None) -> dict[str, Any]:
   """Abstract sharded trees of each role of an RLHF run on `mesh`.
 
   policy / critic train (float32 master weights + `tx`'s state: `optimizer_state/<role>`);
   reference and reward model are frozen, stored in param_dtype unless `reference_dtype` says
   otherwise; the reward model is `reward_ensemble` stacked members. `make_policy` overrides the
-  policy's model (e.g. a LoRA-adapted one, with a matching frozen-base `tx`).
+  policy's model and `policy_tx` its optimizer (e.g. LoRA's, train/lora.py `pieces`).
   """
   make_lm = make_policy or (lambda r: models.Transformer(model_cfg, rngs=r))
   make_scalar = lambda r: models.ScalarModel(model_cfg, rngs=r)
@@ -126,8 +136,9 @@ def role_trees(model_cfg: models.ModelConfig, tx: optax.GradientTransformation, 
     if role in ("policy", "critic"):
       pure, sh = _abstract_params(make_lm if role == "policy" else make_scalar, mesh, rules)
       out[role] = with_shardings(pure, sh)
-      opt_sh = state_lib.shardings_for_params(pure, sh, tx, mesh).opt_state
-      out[f"optimizer_state/{role}"] = with_shardings(jax.eval_shape(tx.init, pure), opt_sh)
+      role_tx = policy_tx if role == "policy" and policy_tx is not None else tx
+      opt_sh = state_lib.shardings_for_params(pure, sh, role_tx, mesh).opt_state
+      out[f"optimizer_state/{role}"] = with_shardings(jax.eval_shape(role_tx.init, pure), opt_sh)
     elif role == "reference":
       pure, sh = _abstract_params(lambda r: models.Transformer(model_cfg, rngs=r), mesh, rules,
                                   reference_dtype)
@@ -154,7 +165,11 @@ def role_memory(trees: Mapping[str, Any]) -> list[RoleMemory]:
 
 
 def gib(n: float) -> str:
-  return f"{n / 2 ** 30:.3f} GiB"
+  """Bytes in binary units: KiB below a MiB, MiB below a GiB, else GiB."""
+  for unit, scale in (("KiB", 2 ** 10), ("MiB", 2 ** 20), ("GiB", 2 ** 30)):
+    if abs(n) < 1024 * scale or unit == "GiB":
+      return f"{n / scale:.2f} {unit}"
+  raise AssertionError("unreachable")
 
 
 def format_roles(rows: list[RoleMemory]) -> str:
@@ -167,3 +182,51 @@ def format_roles(rows: list[RoleMemory]) -> str:
 
 def format_memory(stats: Mapping[str, int]) -> str:
   return "\n".join(f"{k:<30}{v:>16,} B  ({gib(v)})" for k, v in stats.items())
+
+
+def log_train_step_memory(train_step: Callable, state, state_shardings, arrays, global_batch: int,
+                          mesh):
+  """Compiles a stage's train step ahead of time from the shapes of its (allocated) state and of
+  its dataset's batches; logs the memory analysis and the state's bytes (policy parameters,
+  optimizer state). Returns (compiled step, memory_stats, rows): the compiled step can be given
+  to `loop.run(..., jit=False)` so the loop does not compile again."""
+  abstract = with_shardings(state, state_shardings)
+  compiled = compile_train_step(train_step, abstract, state_shardings,
+                                batch_like(arrays, global_batch, mesh), mesh)
+  stats = memory_stats(compiled)
+  rows = role_memory({"policy": abstract.params, "optimizer_state/policy": abstract.opt_state})
+  logging.info("train step memory analysis (per device):\n%s", format_memory(stats))
+  logging.info("train state memory:\n%s", format_roles(rows))
+  return compiled, stats, rows
+
+
+@dataclasses.dataclass
+class Report:
+  """An ahead-of-time compiled SFT step: XLA's analysis and the estimates to compare it with."""
+  memory: dict                 # memory_stats of the compiled step (bytes per device)
+  roles: list[RoleMemory]      # role_memory of an RLHF run with this model
+  state_per_device_bytes: int  # the step's train state (policy + optimizer state) on one device
+  batch_per_device_bytes: int
+  compile_seconds: float
+
+
+def sft_report(config, model_cfg: models.ModelConfig, mesh, rules) -> Report:
+  """Compiles the SFT train step of `config` for `model_cfg` from abstract shapes only (as the
+  stage builds it: optimizer, LoRA, micro-batches; a [data.batch_size, prompt_len +
+  completion_len] batch) and estimates every role's memory on `mesh`."""
+  make_plain = lambda r: models.Transformer(model_cfg, rngs=r)
+  base_tx = optimizer_lib.make_optimizer(config.optimizer, config.train.num_steps)
+  make_model, tx, trainable = lora.pieces(config.lora, make_plain, base_tx)
+  graphdef, state, shardings = abstract_train_state(make_model, tx, mesh, rules)
+  length = config.data.prompt_len + config.data.completion_len
+  batch = abstract_batch({k: (config.data.batch_size, length)
+                          for k in ("tokens", "mask", "completion_mask")}, mesh)
+  step = sft.make_train_step(graphdef, tx, microbatches=config.train.microbatches,
+                             trainable=trainable)
+  start = time.perf_counter()
+  compiled = compile_train_step(step, state, shardings, batch, mesh)
+  seconds = time.perf_counter() - start
+  trees = role_trees(model_cfg, base_tx, mesh, rules, make_policy=make_model, policy_tx=tx)
+  return Report(memory_stats(compiled), role_memory(trees),
+                tree_memory("state", state).bytes_per_device,
+                tree_memory("batch", batch).bytes_per_device, seconds)

@@ -123,19 +123,29 @@ class Adapted:
   export: Callable[[Any], Any]      # train-state params -> the plain model's params
 
 
+def pieces(lora_cfg, make_model: Callable, tx: optax.GradientTransformation, *,
+           also_train: Iterable[str] = ()) -> tuple[Callable, optax.GradientTransformation, Any]:
+  """(adapted make_model, frozen-base optimizer, trainable mask) from config.lora, allocating
+  nothing (the mask comes from abstract shapes); the inputs unchanged and None when LoRA is off."""
+  if not enabled(lora_cfg):
+    return make_model, tx, None
+  make_adapted = with_adapters(make_model, rank=int(lora_cfg.rank), alpha=float(lora_cfg.alpha),
+                               targets=lora_cfg.targets)
+  _, abstract = state_lib.abstract_model(make_adapted)
+  return (make_adapted, freeze_optimizer(tx, also_train),
+          trainable_mask(nnx.to_pure_dict(abstract), also_train))
+
+
 def adapt(lora_cfg, make_model: Callable, tx: optax.GradientTransformation,
           params: Optional[dict], mesh, rules, seed: int, *, also_train: Iterable[str] = ()
           ) -> Adapted:
-  """Applies config.lora (see the module docstring) to a stage's pieces."""
+  """Applies config.lora (see the module docstring) to a stage's pieces and parameters."""
   if not enabled(lora_cfg):
     return Adapted(make_model, tx, params, None, lambda p: p)
-  alpha = float(lora_cfg.alpha)
-  make_adapted = with_adapters(make_model, rank=int(lora_cfg.rank), alpha=alpha,
-                               targets=lora_cfg.targets)
-  _, abstract = state_lib.abstract_model(make_adapted)
-  mask = trainable_mask(nnx.to_pure_dict(abstract), also_train)
+  make_adapted, frozen_tx, mask = pieces(lora_cfg, make_model, tx, also_train=also_train)
   _, plain = state_lib.abstract_model(make_model)
   plain_sh = sharding_lib.param_shardings(plain, mesh, rules)
+  alpha = float(lora_cfg.alpha)
   merge = jax.jit(lambda p: lora_lib.merge(p, alpha=alpha), out_shardings=plain_sh)
-  return Adapted(make_adapted, freeze_optimizer(tx, also_train),
-                 init_params(make_adapted, params, mesh, rules, seed), mask, merge)
+  return Adapted(make_adapted, frozen_tx, init_params(make_adapted, params, mesh, rules, seed),
+                 mask, merge)

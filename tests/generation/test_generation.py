@@ -17,15 +17,16 @@ from rlhf_jax.parallel import mesh as mesh_lib, sharding as sharding_lib
 VOCAB = 64
 
 
-def _init(make_model):
-  """(graphdef, pure-dict params), initialised in one jitted call (eager init is slow)."""
-  graphdef, _ = nnx.split(nnx.eval_shape(make_model), nnx.Param)
-  params = jax.jit(lambda: nnx.to_pure_dict(nnx.state(make_model(), nnx.Param)))()
-  return graphdef, params
+def _init(make_model, seed=0):
+  """(graphdef, pure-dict params) of make_model(rngs). The 'rbg' key's random ops compile much
+  faster than threefry's, and this suite's time is mostly compilation."""
+  model = make_model(nnx.Rngs(jax.random.key(seed, impl="rbg")))
+  graphdef, state = nnx.split(model, nnx.Param)
+  return graphdef, nnx.to_pure_dict(state)
 
 
-def _tiny(vocab=VOCAB, seed=0):
-  return lambda: Transformer(get_model_config("tiny", vocab_size=vocab), rngs=nnx.Rngs(seed))
+def _tiny(vocab=VOCAB):
+  return lambda rngs: Transformer(get_model_config("tiny", vocab_size=vocab), rngs=rngs)
 
 
 @pytest.fixture(scope="module")
@@ -55,24 +56,42 @@ def _prompts(batch, length, real, seed=0):
 
 
 @functools.lru_cache(maxsize=None)
-def _full_forward(graphdef):
+def _full_logits(graphdef):
+  """Jitted full forward pass (no cache): float32 logits [B, S, V]."""
   return jax.jit(lambda params, tokens, mask: nnx.merge(graphdef, params)(tokens, mask_BxS=mask))
 
 
 def _greedy_by_recompute(graphdef, params, prompt_tokens, prompt_mask, config):
-  """Reference: greedy decoding with a full forward pass (no cache) over the row every step."""
+  """Reference: greedy decoding by a full forward pass over the whole row at every step, with
+  stop tokens suppressed (numpy) while t < min_new_tokens."""
   b, p = prompt_tokens.shape
   t_max = config.max_new_tokens
   tokens = np.concatenate([prompt_tokens, np.zeros((b, t_max), np.int32)], 1)
   mask = np.concatenate([prompt_mask, np.zeros((b, t_max), np.int32)], 1)
   done = np.zeros(b, bool)
   for t in range(t_max):
-    logits = _full_forward(graphdef)(params, tokens, mask)[:, p + t - 1]
-    nxt = np.asarray(jnp.argmax(gen.process_logits(logits, config, jnp.int32(t)), -1))
-    tokens[:, p + t] = np.where(done, config.pad_id, nxt)
+    logits = np.array(_full_logits(graphdef)(params, tokens, mask)[:, p + t - 1])
+    if t < config.min_new_tokens:
+      logits[:, [v for v in config.stop_ids if v < logits.shape[1]]] = -np.inf
+    tokens[:, p + t] = np.where(done, config.pad_id, logits.argmax(-1))
     mask[:, p + t] = ~done
     done |= np.isin(tokens[:, p + t], config.stop_ids)
   return tokens[:, p:], mask[:, p:]
+
+
+def _sampling_distribution(logits_V, temperature=1.0, top_k=0, top_p=1.0):
+  """Numpy reference of the sampling distribution: softmax(z / T), top-k, then top-p."""
+  z = logits_V.astype(np.float64) / temperature
+  keep = np.ones(z.shape, bool)
+  if top_k:
+    keep &= z >= np.sort(z)[::-1][top_k - 1]
+  probs = np.where(keep, np.exp(z - z.max()), 0.0)
+  probs /= probs.sum()
+  order = np.argsort(-probs, kind="stable")
+  mass_before = np.cumsum(probs[order]) - probs[order]
+  keep[order[mass_before >= top_p]] = False
+  probs = np.where(keep, probs, 0.0)
+  return probs / probs.sum()
 
 
 @functools.lru_cache(maxsize=None)
@@ -108,7 +127,7 @@ def test_greedy_cache_equals_recompute_with_stops(policy):
     assert (out.tokens_BxT[b, n:] == config.pad_id).all() and (out.logp_BxT[b, n:] == 0).all()
     # A stopped row ends with its stop token inside the mask (the losses see EOS).
     assert out.stopped_B[b] == (out.tokens_BxT[b, n - 1] in config.stop_ids)
-  assert out.stopped_B[0] and out.mask_BxT[0].sum() <= 5 and out.mask_BxT[2].sum() <= 3
+  assert out.stopped_B.sum() >= 2 and (out.mask_BxT.sum(1) < 10).sum() >= 2  # stops exercised
   assert out.mask_BxT[:, :2].all() and not np.isin(out.tokens_BxT[:, :2], stops).any()
 
 
@@ -129,27 +148,27 @@ def test_sampling_logps_equal_full_forward_rescoring(policy, name):
     out = gen.generate(graphdef, params, prompts, mask, rng, config=config)
     scores = gen.score_tokens(graphdef, params, prompts, mask, out.tokens_BxT, out.mask_BxT,
                               config=config, with_entropy=True)
-    return out, scores
+    # Independent recomputation: full forward logits -> the same processing -> log-softmax.
+    logits = nnx.merge(graphdef, params)(jnp.concatenate([prompts, out.tokens_BxT], 1),
+                                         mask_BxS=jnp.concatenate([mask, out.mask_BxT], 1))
+    z = gen.process_logits(logits[:, 6:-1], config, jnp.arange(10)[None])
+    return out, scores, (token_logps(z, out.tokens_BxT), token_entropy(z))
 
-  out, scores = jax.device_get(rollout(params, prompts, mask, jax.random.key(3)))
+  out, scores, (ref_logp, ref_entropy) = jax.device_get(rollout(params, prompts, mask,
+                                                                jax.random.key(3)))
   assert out.logp_BxT.dtype == np.float32 and scores.logp_BxT.dtype == np.float32
   assert np.isfinite(out.logp_BxT).all() and (out.logp_BxT <= 0).all()
   np.testing.assert_allclose(out.logp_BxT, scores.logp_BxT, atol=2e-5)
-  # Independent recomputation: full forward logits -> the same processing -> log-softmax.
-  full = jnp.concatenate([prompts, out.tokens_BxT], 1), jnp.concatenate([mask, out.mask_BxT], 1)
-  logits = _full_forward(graphdef)(params, *full)[:, 6:-1]
-  z = gen.process_logits(logits, config, jnp.arange(10)[None])
-  ref = np.where(out.mask_BxT > 0, token_logps(z, out.tokens_BxT), 0.0)
-  np.testing.assert_allclose(out.logp_BxT, ref, atol=2e-5)
-  np.testing.assert_allclose(scores.entropy_BxT, np.where(out.mask_BxT > 0, token_entropy(z), 0.0),
-                             atol=1e-5)
+  real = out.mask_BxT > 0
+  np.testing.assert_allclose(out.logp_BxT, np.where(real, ref_logp, 0.0), atol=2e-5)
+  np.testing.assert_allclose(scores.entropy_BxT, np.where(real, ref_entropy, 0.0), atol=1e-5)
   if config.min_new_tokens:
     assert not np.isin(out.tokens_BxT[:, :config.min_new_tokens], config.stop_ids).any()
   # Deterministic for a given rng; a different rng gives different samples.
-  again, _ = jax.device_get(rollout(params, prompts, mask, jax.random.key(3)))
+  again = jax.device_get(rollout(params, prompts, mask, jax.random.key(3))[0])
   np.testing.assert_array_equal(again.tokens_BxT, out.tokens_BxT)
   if not config.greedy:
-    other, _ = jax.device_get(rollout(params, prompts, mask, jax.random.key(4)))
+    other = jax.device_get(rollout(params, prompts, mask, jax.random.key(4))[0])
     assert (other.tokens_BxT != out.tokens_BxT).any()
 
 
@@ -171,35 +190,32 @@ def test_left_padding_amount_does_not_change_greedy_completion(policy):
     np.testing.assert_allclose(out.logp_BxT, results[0].logp_BxT, atol=1e-5)
 
 
-@pytest.mark.parametrize("kwargs", [dict(temperature=0.8), dict(top_k=5), dict(top_p=0.6, temperature=1.5)],
+@pytest.mark.parametrize("kwargs", [dict(temperature=0.8), dict(top_k=5),
+                                    dict(top_p=0.6, temperature=1.5)],
                          ids=["temp0.8", "topk5", "topp0.6_temp1.5"])
-def test_next_token_frequencies_match_sampling_distribution(kwargs):
-  """N samples of one prompt's first token vs pi = softmax(process(logits)).
+def test_next_token_frequencies_match_sampling_distribution(policy, kwargs):
+  """N samples of one prompt's first token vs pi = softmax(logits / T) after top-k / top-p.
 
   Bound: E[TV] <= 0.5 * sqrt(|support| / N) (Cauchy-Schwarz on sum_v E|p_hat_v - p_v|), and TV
   moves by at most 1/N per sample, so P(TV > E[TV] + eps) <= exp(-2 N eps^2) (McDiarmid). With
-  N = 20000, |support| <= 32 and eps = 0.02 the bound TV <= 0.04 fails with probability < 1e-6.
+  N = 20000, |support| <= 64 and eps = 0.02 the bound TV <= 0.05 fails with probability < 1e-6.
   """
-  graphdef, params = _init(_tiny(vocab=32, seed=5))
+  graphdef, params = policy
   n = 20_000
-  config = gen.SamplingConfig(max_new_tokens=1, eos_id=31, **kwargs)
+  config = gen.SamplingConfig(max_new_tokens=1, eos_id=VOCAB + 1, **kwargs)
   prompts = np.tile(np.array([[1, 9, 4, 17]], np.int32), (n, 1))
   out = _generate(graphdef, params, prompts, np.ones_like(prompts), config, seed=11)
-  logits = nnx.merge(graphdef, params)(jnp.asarray(prompts[:1]), mask_BxS=jnp.ones((1, 4)))[0, -1]
-  pi = np.asarray(jax.nn.softmax(gen.process_logits(logits, config, jnp.int32(0))), np.float64)
-  ref = np.asarray(jax.nn.softmax(logits.astype(jnp.float32) / config.temperature), np.float64)
+  logits = np.asarray(_full_logits(graphdef)(params, prompts[:1], np.ones((1, 4), np.int32)))[0, -1]
+  pi = _sampling_distribution(logits, **kwargs)
   if "top_k" in kwargs:
     assert (pi > 0).sum() == kwargs["top_k"]
   if "top_p" in kwargs:
-    kept = np.sort(ref)[::-1][: (pi > 0).sum()]
-    assert kept.sum() >= kwargs["top_p"] > kept[:-1].sum()  # smallest prefix reaching top_p
-  np.testing.assert_allclose(np.log(pi[pi > 0]) - np.log(ref[pi > 0]),
-                             np.log(pi[pi > 0].sum() / ref[pi > 0].sum()), atol=1e-5)
+    assert 1 < (pi > 0).sum() < VOCAB // 2
   emitted = out.tokens_BxT[:, 0]
   assert (pi[emitted] > 0).all(), "emitted a token outside the top-k / top-p set"
-  freq = np.bincount(emitted, minlength=32) / n
+  freq = np.bincount(emitted, minlength=VOCAB) / n
   tv = 0.5 * np.abs(freq - pi).sum()
-  assert tv < 0.04, f"total variation {tv:.4f} between sampled frequencies and the distribution"
+  assert tv < 0.05, f"total variation {tv:.4f} between sampled frequencies and the distribution"
   np.testing.assert_allclose(out.logp_BxT[:, 0], np.log(pi[emitted]), atol=1e-5)
 
 
@@ -224,32 +240,35 @@ def test_one_compilation_per_shape(policy, sampled_fn):
     prompts, mask = _prompts(8, 6, real=[6, 3 + seed, 1, 5, 2, 6, 4, 1], seed=seed)
     jax.block_until_ready(sampled_fn(params, prompts, mask, jax.random.key(seed)))
   assert sampled_fn.jitted._cache_size() == 1
-  prompts, mask = _prompts(2, 6, real=[6, 3])
-  jax.block_until_ready(sampled_fn(params, prompts, mask, jax.random.key(0)))
-  assert sampled_fn.jitted._cache_size() == 2
 
 
-def test_values_and_rewards_from_a_scalar_model():
+def test_values_and_rewards_from_a_scalar_model(policy):
   cfg = get_model_config("tiny", vocab_size=VOCAB)
-  graphdef, params = _init(lambda: ScalarModel(cfg, rngs=nnx.Rngs(1)))
+  graphdef, params = _init(lambda rngs: ScalarModel(cfg, rngs=rngs), seed=1)
   prompts, mask = _prompts(3, 5, real=[5, 2, 4], seed=6)
   completion = np.array([[5, 6, 2, 0], [7, 2, 0, 0], [8, 9, 10, 11]], np.int32)
   cmask = (np.arange(4)[None] < np.array([[3], [2], [4]])).astype(np.int32)
-  got = jax.jit(functools.partial(gen.score_values, graphdef))(params, prompts, mask, completion, cmask)
   tokens, full_mask = np.concatenate([prompts, completion], 1), np.concatenate([mask, cmask], 1)
-  values = nnx.merge(graphdef, params)(jnp.asarray(tokens), mask_BxS=jnp.asarray(full_mask))
+
+  @jax.jit
+  def run(params):
+    values = nnx.merge(graphdef, params)(jnp.asarray(tokens), mask_BxS=jnp.asarray(full_mask))
+    return gen.score_values(graphdef, params, prompts, mask, completion, cmask), values
+
+  got, values = jax.device_get(run(params))
   np.testing.assert_allclose(got.values_BxT, np.where(cmask > 0, values[:, 4:8], 0.0), atol=1e-6)
-  np.testing.assert_allclose(got.last_B, last_token_values(values, full_mask), atol=1e-6)
   np.testing.assert_allclose(got.last_B, [values[0, 7], values[1, 6], values[2, 8]], atol=1e-6)
-  with pytest.raises(ValueError, match="per-token scalars"):
-    gen.score_values(*_init(_tiny()), prompts, mask, completion, cmask)
+  np.testing.assert_allclose(got.last_B, last_token_values(values, full_mask), atol=1e-6)
+  with pytest.raises(ValueError, match="per-token scalars"):  # an LM is not a value model
+    jax.eval_shape(functools.partial(gen.score_values, policy[0]), policy[1], prompts, mask,
+                   completion, cmask)
 
 
 def test_8_device_mesh_matches_1_device(policy, sampled_fn):
   assert jax.device_count() == 8
   graphdef, params = policy
   mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-  abstract = nnx.eval_shape(_tiny())
+  abstract = nnx.eval_shape(lambda: _tiny()(nnx.Rngs(0)))
   shardings = sharding_lib.param_shardings(nnx.state(abstract, nnx.Param), mesh,
                                            sharding_lib.DEFAULT_RULES)
   sharded_params = jax.device_put(params, shardings)

@@ -1,0 +1,3 @@
+"""Reward-model over-optimisation at toy scale (experiments/overoptimization.py): exact tables on
+the enumerable world (world), best-of-n exact and estimated (bon), the functional-form fits
+(fits), the stage runs (runs) and the experiment's steps and result files (driver)."""

@@ -1,0 +1,45 @@
+"""Recipes run their stages in order from each other's exports, and resume by skipping."""
+
+import json
+import os
+
+import pytest
+
+from rlhf_jax import configlib
+from rlhf_jax.stages import recipe
+from rlhf_jax.train import metrics as metrics_lib
+
+
+def test_instructgpt_recipe_learns_and_resumes(tmp_path, caplog):
+  config = configlib.get("configs/instructgpt.py:test")
+  recipe.run(config, str(tmp_path))
+  for step in ("sft", "reward_model", "ppo"):
+    assert os.path.exists(tmp_path / step / "export" / "export.json"), step
+  evals = [r for r in metrics_lib.read_jsonl(str(tmp_path / "ppo" / "metrics.jsonl"))
+           if "eval/gold_reward" in r]
+  # PPO against the learned reward raises the exact gold reward of the policy.
+  assert evals[-1]["eval/gold_reward"] > evals[0]["eval/gold_reward"] + 0.3, evals
+  caplog.set_level("INFO")
+  recipe.run(configlib.get("configs/instructgpt.py:test"), str(tmp_path))
+  assert caplog.text.count("already done") == 3
+
+
+@pytest.mark.parametrize("name,steps", [
+    ("tulu3", ("sft", "reward_model", "dpo", "rlvr")),
+    ("r1", ("sft", "grpo", "rejection_sampling", "final_rl")),
+])
+def test_recipe_runs_every_stage(tmp_path, name, steps):
+  summary = recipe.run(configlib.get(f"configs/{name}.py:test"), str(tmp_path))
+  assert tuple(summary) == steps
+  with open(tmp_path / "recipe.json") as f:
+    assert json.load(f) == summary
+  for step in steps:
+    assert os.path.exists(tmp_path / step / "export" / "export.json"), step
+
+
+def test_recipe_links_must_point_backwards():
+  config = configlib.get("configs/instructgpt.py:test")
+  with config.unlocked():
+    config.recipe.links = (("sft", "init.from_workdir", "ppo"),)
+  with pytest.raises(ValueError, match="'ppo' must come before 'sft'"):
+    recipe.check(config)
