@@ -36,19 +36,8 @@ def get_config(arg=None):
   c.train.eval_every = 100
   c.optimizer.lr = 1e-3
   if "test" in variants:
-    if "enumerable" in variants:
-      c.task.params.num_sft = (2048, 256)
-      c.task.params.num_pairs = (512, 128)
-    else:
-      c.task.params.max_operand = 19
-    c.eval.exact_prompts = 2
+    defaults.shrink_for_test(c, num_steps=4, eval_every=4, log_every=1, eval_examples=16)
     c.bon.n = 4
     c.bon.max_train_prompts = 64
     c.rl.prompts_per_step = 8
-    c.train.eval_examples = 16
-    c.train.num_steps = 4
-    c.train.log_every = 1
-    c.train.eval_every = 4
-    c.train.checkpoint_every = 4
-    c.train.tensorboard = False
   return c

@@ -34,19 +34,7 @@ def get_config(arg=None):
   c.train.eval_every = 100
   c.train.eval_examples = 1024
   if "test" in variants:
-    if "arithmetic" in variants:
-      c.task.params.max_operand = 19
-    else:
-      c.task.params.num_sft = (2048, 256)
-      c.task.params.num_pairs = (512, 128)
-    c.eval.exact_prompts = 2
+    defaults.shrink_for_test(c, num_steps=10, eval_every=5, log_every=2)
     c.bon.max_train_prompts = 64
     c.rl.prompts_per_step = 8
-    c.data.batch_size = 16
-    c.train.num_steps = 10
-    c.train.log_every = 2
-    c.train.eval_every = 5
-    c.train.eval_examples = 64
-    c.train.checkpoint_every = 10
-    c.train.tensorboard = False
   return c

@@ -45,18 +45,7 @@ def get_config(arg=None):
   if "reinforce" in variants:
     c.pg.algorithm, c.pg.aggregation, c.pg.kl_estimator = "reinforce", "token-mean", "k1"
   if "test" in variants:
-    if "enumerable" in variants:
-      c.task.params.num_sft = (2048, 256)
-      c.task.params.num_pairs = (512, 128)
-    else:
-      c.task.params.max_operand = 19
-    c.eval.exact_prompts = 2
+    defaults.shrink_for_test(c, num_steps=4, eval_every=4, log_every=1, eval_examples=32)
     c.rl.prompts_per_step = 8
     c.pg.group_size = 4
-    c.train.num_steps = 4
-    c.train.log_every = 1
-    c.train.eval_every = 4
-    c.train.eval_examples = 32
-    c.train.checkpoint_every = 4
-    c.train.tensorboard = False
   return c

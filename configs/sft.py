@@ -19,16 +19,5 @@ def get_config(arg=None):
     defaults.use_enumerable_world(c)
     c.train.num_steps = 400
   if "test" in variants:
-    if "enumerable" in variants:
-      c.task.params.num_sft = (2048, 256)
-      c.task.params.num_pairs = (512, 128)
-    else:
-      c.task.params.max_operand = 19
-    c.data.batch_size = 16
-    c.train.num_steps = 10
-    c.train.log_every = 2
-    c.train.eval_every = 5
-    c.train.eval_examples = 32
-    c.train.checkpoint_every = 10
-    c.train.tensorboard = False
+    defaults.shrink_for_test(c, num_steps=10, eval_every=5, log_every=2, eval_examples=32)
   return c

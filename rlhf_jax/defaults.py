@@ -87,3 +87,22 @@ def online_rl(c: ml_collections.ConfigDict) -> None:
       "coef": 0.05, "controller": "fixed",  # fixed | adaptive (Ziegler et al. 2019)
       "target": 1.0, "horizon": 10_000.0})
   c.eval = ml_collections.ConfigDict({"exact_prompts": 8, "exact_batch_size": 4096})
+
+
+def shrink_for_test(c: ml_collections.ConfigDict, *, num_steps: int, eval_every: int,
+                    log_every: int, eval_examples: int = 64) -> None:
+  """The `:test` variant shared by the configs: a small task and a seconds-long run."""
+  if c.task.name == "enumerable":
+    c.task.params.num_sft = (2048, 256)
+    c.task.params.num_pairs = (512, 128)
+    if "eval" in c:
+      c.eval.exact_prompts = 2
+  else:
+    c.task.params.max_operand = 19
+  c.data.batch_size = 16
+  c.train.num_steps = num_steps
+  c.train.log_every = log_every
+  c.train.eval_every = eval_every
+  c.train.eval_examples = eval_examples
+  c.train.checkpoint_every = num_steps
+  c.train.tensorboard = False
