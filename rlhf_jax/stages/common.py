@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jax
+
 from rlhf_jax import models
 from rlhf_jax.data import builders, pipeline, tokenizer as tokenizer_lib
 from rlhf_jax.parallel import distributed, mesh as mesh_lib
-from rlhf_jax.train import export
+from rlhf_jax.train import export, loop
 
 
 def mesh_and_rules(config):
@@ -60,3 +62,16 @@ def model_config(config, vocab_size: int) -> models.ModelConfig:
     return export.load_meta_model(config.init.from_workdir)
   return models.get_model_config(config.model.preset, family=config.model.family,
                                  vocab_size=vocab_size, dtype=config.model.dtype)
+
+
+def summed_eval(eval_step, params, arrays, mesh, config) -> dict[str, float]:
+  """Sums each output of `eval_step(params, batch)` over this process's share of the held-out
+  arrays (the first train.eval_examples; padded rows must contribute 0)."""
+  totals: dict[str, float] = {}
+  for local in pipeline.eval_batches(arrays, global_batch=config.data.batch_size,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count(),
+                                     max_examples=config.train.eval_examples):
+    for k, v in eval_step(params, loop.to_global(local, mesh)).items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+  return totals

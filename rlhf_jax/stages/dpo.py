@@ -48,13 +48,7 @@ def make_evaluator(graphdef, arrays, mesh, config, exact_eval):
   eval_step = jax.jit(dpo_steps.make_eval_step(graphdef, config.loss.beta, config.data.prompt_len))
 
   def evaluate(state) -> dict:
-    totals = {}
-    for local in pipeline.eval_batches(arrays, global_batch=config.data.batch_size,
-                                       process_index=jax.process_index(),
-                                       process_count=jax.process_count(),
-                                       max_examples=config.train.eval_examples):
-      for k, v in eval_step(state.params, loop.to_global(local, mesh)).items():
-        totals[k] = totals.get(k, 0.0) + float(v)
+    totals = common.summed_eval(eval_step, state.params, arrays, mesh, config)
     n = max(totals["pairs"], 1.0)
     out = {"accuracy": totals["correct"] / n, "margin": totals["margin"] / n}
     if exact_eval is not None:

@@ -28,13 +28,7 @@ def make_evaluator(graphdef, arrays, mesh, config):
   eval_step = jax.jit(rm_steps.make_eval_step(graphdef))
 
   def evaluate(state) -> dict:
-    totals = {}
-    for local in pipeline.eval_batches(arrays, global_batch=config.data.batch_size,
-                                       process_index=jax.process_index(),
-                                       process_count=jax.process_count(),
-                                       max_examples=config.train.eval_examples):
-      for k, v in eval_step(state.params, loop.to_global(local, mesh)).items():
-        totals[k] = totals.get(k, 0.0) + float(v)
+    totals = common.summed_eval(eval_step, state.params, arrays, mesh, config)
     n = max(totals["pairs"], 1.0)
     return {"accuracy": totals["correct_ensemble"] / n,
             "member_accuracy": totals["correct_members"] / n, "loss": totals["bt_loss"] / n}

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from rlhf_jax import losses
 from rlhf_jax.generation import scoring
-from rlhf_jax.train.state import TrainState
+from rlhf_jax.train.state import make_gradient_step
 
 REFERENCE_FREE = ("simpo", "orpo")
 
@@ -69,15 +68,7 @@ def make_train_step(graphdef, tx, loss_cfg, prompt_len: int):
     loss = jnp.mean(loss_B)
     return loss, {"loss": loss, **pair_metrics(loss_cfg.beta, pc, pr, rc, rr)}
 
-  def train_step(state: TrainState, batch, rng):
-    del rng
-    (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params, batch)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.tree.norm(grads)
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-  return train_step
+  return make_gradient_step(objective, tx)
 
 
 def make_reference_step(graphdef, prompt_len: int):

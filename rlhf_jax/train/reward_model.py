@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from rlhf_jax import losses
 from rlhf_jax.rewards import learned
-from rlhf_jax.train.state import TrainState
+from rlhf_jax.train.state import make_gradient_step
 
 
 def pair_scores(graphdef, stacked_params, batch):
@@ -53,15 +52,7 @@ def make_train_step(graphdef, tx, *, loss_name: str, loss_kwargs: dict, ensemble
                "reward_mean": jnp.mean(0.5 * (chosen_ExB + rejected_ExB))}
     return jnp.sum(loss_E), metrics
 
-  def train_step(state: TrainState, batch, rng):
-    del rng
-    (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params, batch)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.tree.norm(grads)
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-  return train_step
+  return make_gradient_step(objective, tx)
 
 
 def make_eval_step(graphdef):

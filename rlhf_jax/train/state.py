@@ -116,5 +116,18 @@ def init_ensemble_state(make_model, tx, mesh, rules, seeds, *, shared=None):
   return graphdef, state, shardings
 
 
+def make_gradient_step(objective, tx: optax.GradientTransformation):
+  """`train_step(state, batch, rng)` taking one optimizer step on `objective(params, batch) ->
+  (loss, metrics)`; adds the gradient's global norm to the metrics."""
+  def train_step(state: TrainState, batch, rng):
+    del rng
+    (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params, batch)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  return train_step
+
+
 def param_count(params) -> int:
   return sum(x.size for x in jax.tree.leaves(params))
