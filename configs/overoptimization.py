@@ -39,7 +39,7 @@ def get_config(arg=None):
       "sizes": ("xs", "s", "m"),        # proxy shapes used, smallest first
       "pairs": (256, 1024, 4096),       # training-set sizes (gold-labelled reference pairs)
       "grid": "cross",                  # cross | full
-      "default_shape": "m",
+      "default_shape": "s",
       "default_pairs": 4096,
       "test_pairs": 1024,               # held-out pairs (test prompts) for accuracy
       "init": "scratch",                # scratch | sft
@@ -58,16 +58,16 @@ def get_config(arg=None):
   c.kl_opt = ml_collections.ConfigDict({"betas": (3.0, 2.0, 1.5, 1.0, 0.7, 0.5, 0.35, 0.25, 0.18,
                                                   0.12, 0.08, 0.05, 0.03, 0.02, 0.01)})
   c.ppo = ml_collections.ConfigDict({
-      "steps": 60, "eval_every": 4, "lr": 3e-4, "prompts_per_step": 64, "epochs": 4,
+      "steps": 36, "eval_every": 3, "lr": 5e-4, "prompts_per_step": 64, "epochs": 4,
       "minibatches": 4,
       "proxies": "all",                 # all | acceptance: PPO at β = 0 against these proxies
       "gold": True,                     # PPO at β = 0 against the gold reward itself
-      "betas": (0.01, 0.03, 0.1),       # KL-penalty sweep against the acceptance proxy
+      "betas": (0.05, 0.15, 0.5),       # KL-penalty sweep against the acceptance proxy
       "ensemble_combines": ("mean", "worst_case", "mean_minus_var"),
   })
   c.dpo = ml_collections.ConfigDict({
-      "losses": ("dpo", "ipo"), "betas": (0.1, 0.5), "steps": 200, "eval_every": 20,
-      "lr": 1e-3, "batch_size": 64, "pairs": 4096, "eval_pairs": 256})
+      "losses": ("dpo", "ipo"), "betas": (0.02, 0.1, 0.5), "steps": 150, "eval_every": 10,
+      "lr": 3e-4, "batch_size": 64, "pairs": 4096, "eval_pairs": 256})
   if "test" in variants:
     c.world.prompts = 2
     c.sft.steps, c.sft.batch_size = 60, 32
@@ -87,6 +87,6 @@ def get_config(arg=None):
     c.ppo.betas = (0.1,)
     c.ppo.ensemble_combines = ("worst_case",)
     c.dpo.losses, c.dpo.betas = ("dpo", "ipo"), (0.5,)
-    c.dpo.steps, c.dpo.eval_every, c.dpo.batch_size = 6, 3, 16
+    c.dpo.steps, c.dpo.eval_every, c.dpo.batch_size, c.dpo.lr = 6, 3, 16, 1e-3
     c.dpo.pairs, c.dpo.eval_pairs = 256, 32
   return c

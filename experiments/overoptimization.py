@@ -45,12 +45,19 @@ def main(argv=None) -> int:
   parser.add_argument("--results", required=True, help="result files go here")
   parser.add_argument("--compilation_cache", default="",
                       help="persistent XLA cache dir (default <workdir>/jax_cache; 'none' = off)")
+  parser.add_argument("--analyze_only", action="store_true",
+                      help="only recompute fits and summary from the result files")
   parser.add_argument("--log_level", default="INFO")
   args = parser.parse_args(rest)
-  logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
+  logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s",
+                      force=True)
   for noisy in ("absl", "jax._src", "orbax", "tensorflow_datasets"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   config = configlib.get(args.config, overrides)
+  if args.analyze_only:
+    summary = driver.reanalyze(config, args.results)
+    logging.info("re-analysed %s: %s", args.results, summary["acceptance"])
+    return 0
   if args.compilation_cache != "none":
     driver.enable_compilation_cache(args.compilation_cache or os.path.join(args.workdir, "jax_cache"))
   t0 = time.perf_counter()

@@ -14,7 +14,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.task = ml_collections.ConfigDict({"name": "arithmetic",
                                       "params": ml_collections.ConfigDict({"max_operand": 99})})
-  c.tokenizer = ml_collections.ConfigDict({"kind": "sentencepiece", "path": "", "vocab_size": 320})
+  # char: one token per character of the task's alphabet (the toy tasks: on arithmetic the model
+  # then sees the digits it adds; a subword vocabulary makes most sums single tokens and caps
+  # held-out accuracy far lower). sentencepiece: tokenizer.path, or one trained on the task's
+  # text (vocab_size) and cached in the workdir.
+  c.tokenizer = ml_collections.ConfigDict({"kind": "char", "path": "", "vocab_size": 320})
   c.data = ml_collections.ConfigDict({
       "data_dir": "",            # default: <workdir>/data
       "prompt_len": 12,
@@ -26,11 +30,20 @@ def base_config() -> ml_collections.ConfigDict:
       # SFT on these JSONL records ({"prompt", "completion"}) instead of the task's
       # demonstrations (rejection sampling writes them).
       "sft_records_path": "",
+      # SFT only. packing: several examples per training row of prompt_len + completion_len
+      # tokens, attention kept within each (data/packing.py). length_buckets: pad each training
+      # batch only to the smallest of these widths that holds it, e.g. (8, 12); () = full width
+      # (data/pipeline.py; at most len(buckets) + 1 compiled step shapes).
+      "packing": False,
+      "length_buckets": (),
   })
   # dtype: compute dtype (params stay float32, train/precision.py); remat: per-block
   # rematerialisation, none | full | dots_saveable | dots_with_no_batch_dims_saveable.
+  # hf_path: a Hugging Face checkpoint directory (config.json + *.safetensors + tokenizer.model
+  # or tokenizer.json) to start the sft stage from: its shape (preset, family and the tokenizer
+  # fields are then ignored), its weights (loaded sharded) and its tokenizer (stages/common.py).
   c.model = ml_collections.ConfigDict({"preset": "tiny", "family": "llama", "dtype": "float32",
-                                       "remat": "none"})
+                                       "remat": "none", "hf_path": ""})
   # LoRA adapters (train/lora.py): rank 0 = off (full fine-tuning); targets: weight names
   # (wq, wk, wv, wo, w_gate, w_up, w_down) or groups (attn, mlp, all), comma-separated.
   c.lora = ml_collections.ConfigDict({"rank": 0, "alpha": 16.0, "targets": "all"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from rlhf_jax import models, stages
 from rlhf_jax.data import builders, pipeline
+from rlhf_jax.models import hf
 from rlhf_jax.train import optimizer
 
 
@@ -26,8 +27,42 @@ def _choices(config) -> list[tuple[str, object, list]]:
   return checks
 
 
+def _check_sft_data_options(config) -> None:
+  """data.packing / data.length_buckets: SFT only, buckets within the padded length."""
+  data = config.data
+  packing, buckets = data.get("packing", False), tuple(data.get("length_buckets", ()))
+  if (packing or buckets) and config.stage != "sft":
+    raise ValueError(f"data.packing / data.length_buckets are options of the sft stage only, "
+                     f"not of stage {config.stage!r}")
+  if buckets:
+    pipeline.check_length_buckets(buckets, data.prompt_len + data.completion_len)
+
+
+def _check_hf_path(config) -> None:
+  """model.hf_path: a stage that reads it, not with init.from_workdir, and a directory with
+  config.json, safetensors weights and a tokenizer (file names and config.json only)."""
+  path = config.model.get("hf_path", "")
+  if not path:
+    return
+  if config.stage not in stages.HF_PATH_STAGES:
+    raise ValueError(f"model.hf_path is read by stages {list(stages.HF_PATH_STAGES)} only, not "
+                     f"{config.stage!r}: run sft with it first and start {config.stage!r} from "
+                     "that run (init.from_workdir)")
+  if "init" in config and config.init.from_workdir:
+    raise ValueError(f"model.hf_path={path!r} and init.from_workdir="
+                     f"{config.init.from_workdir!r} both name the starting weights; set only one")
+  try:
+    hf.check_dir(path)
+  except (FileNotFoundError, ValueError) as e:
+    raise type(e)(f"model.hf_path={path!r}: {e}") from None
+
+
 def validate(config) -> None:
   """Raises ValueError naming the first field whose value is not among the valid choices."""
   for field, value, valid in _choices(config):
     if value not in valid:
       raise ValueError(f"unknown {field} {value!r}; valid choices: {valid}")
+  if "data" in config and config.stage != "recipe":
+    _check_sft_data_options(config)
+  if "model" in config and config.stage != "recipe":
+    _check_hf_path(config)

@@ -147,11 +147,12 @@ def run(c, workdir: str, results_dir: str, *, config_spec: str = "", overrides=(
                   {"spec": config_spec, "overrides": [list(o) for o in overrides],
                    "config": json.loads(c.to_json())})
   times = res.summary["runtimes"]
-  t_start = time.perf_counter()
+  t_start, cpu_start = time.perf_counter(), time.process_time()
 
   def phase(name, t0):
     times[name] = round(time.perf_counter() - t0, 1)
     times["total"] = round(time.perf_counter() - t_start, 1)
+    times["total_cpu"] = round(time.process_time() - cpu_start, 1)
     _log.info("phase %s: %.1f s (total %.1f s)", name, times[name], times["total"])
     res.flush()
 
@@ -299,10 +300,28 @@ def run(c, workdir: str, results_dir: str, *, config_spec: str = "", overrides=(
   phase("direct_alignment", t0)
 
   # 7. Fits and the summary.
-  res.fits = fit_curves(res.curves, c.bon.fit_n_max)
-  res.summary["acceptance"] = acceptance(res.curves, res.fits, accept)
-  res.summary["trends"] = trends(res.fits, res.proxies, c)
+  analyze(res, c)
   phase("fits", time.perf_counter())
+  return res.summary
+
+
+def analyze(res: Results, c) -> None:
+  """Fits, acceptance figures and trends from the curves (also run alone by `reanalyze`)."""
+  res.fits = fit_curves(res.curves, c.bon.fit_n_max)
+  res.summary["acceptance"] = acceptance(res.curves, res.fits, acceptance_proxy(c))
+  res.summary["trends"] = trends(res.fits, res.proxies, c)
+
+
+def reanalyze(c, results_dir: str) -> dict:
+  """Recomputes fits.jsonl and the summary's analysis from curves.jsonl / proxies.jsonl."""
+  res = Results(results_dir)
+  res.proxies = read_jsonl(os.path.join(results_dir, "proxies.jsonl"))
+  res.curves = read_jsonl(os.path.join(results_dir, "curves.jsonl"))
+  res.estimator = read_jsonl(os.path.join(results_dir, "estimator.jsonl"))
+  with open(os.path.join(results_dir, "summary.json")) as f:
+    res.summary = json.load(f)
+  analyze(res, c)
+  res.flush()
   return res.summary
 
 
@@ -326,7 +345,8 @@ def fit_curves(curves: list[dict], fit_n_max: int) -> list[dict]:
     gain = [p["gold_gain"] for p in pts]
     first = pts[0]
     meta = {k: first.get(k) for k in ("method", "run", "target", "kind", "shape", "params",
-                                      "pairs", "ensemble_size", "combine", "beta")}
+                                      "pairs", "ensemble_size", "combine")}
+    meta["run_beta"] = first.get("beta")   # the run's KL coefficient / DPO β ("beta" is the fit's)
     for form in fits.FORMS:
       rows.append({**meta, **fits.fit(form, d, gain), **fits.peak_summary(d, [p["gold"] for p in pts]),
                    "paper_form": PAPER_FORM[first["method"]] == form})
@@ -367,7 +387,7 @@ def trends(fit_rows, proxies, c) -> dict:
   out = {}
   for method in ("bon", "kl_opt", "ppo"):
     rows = {f["target"]: f for f in fit_rows if f["method"] == method and f["paper_form"]
-            and f["kind"] == "proxy" and (method != "ppo" or f["beta"] == 0.0)}
+            and f["kind"] == "proxy" and (method != "ppo" or f["run_beta"] == 0.0)}
     by_size = sorted([r for r in rows.values() if r["pairs"] == c.proxy.default_pairs],
                      key=lambda r: r["params"])
     by_data = sorted([r for r in rows.values() if r["shape"] == c.proxy.default_shape],

@@ -25,9 +25,9 @@ import numpy as np
 
 from rlhf_jax import configlib, models
 from rlhf_jax.stages import dpo as dpo_stage, online, ppo as ppo_stage
-from rlhf_jax.stages import reward_model as rm_stage, sft as sft_stage
+from rlhf_jax.stages import common, reward_model as rm_stage, sft as sft_stage
 from rlhf_jax.tasks import exact
-from rlhf_jax.train import export, loop, metrics as metrics_lib
+from rlhf_jax.train import dpo as dpo_steps, export, loop, metrics as metrics_lib
 from rlhf_jax.train import state as state_lib
 
 from experiments.overopt import world as world_lib
@@ -72,7 +72,7 @@ def train_sft(c, workdir: str, shape: str | None = None, root: str = "") -> floa
     init = os.path.join(root, f"init_{shape}")
     init_export(c, init, shape)
     ov.append(("init.from_workdir", init))
-  return _timed(sft_stage.run, configlib.get("configs/sft.py:enumerable", ov), workdir)
+  return _timed(sft_stage.run, stage_config("configs/sft.py:enumerable", ov), workdir)
 
 
 def model_shape(c, shape: str, vocab_size: int) -> models.ModelConfig:
@@ -85,9 +85,9 @@ def init_export(c, workdir: str, shape: str) -> None:
   """A randomly initialised LM of `shape` exported at workdir (a starting point for stages)."""
   if _done(workdir):
     return
-  config = configlib.get("configs/sft.py:enumerable", base_overrides(c))
-  w_mesh, rules = world_lib.common.mesh_and_rules(config)
-  task = world_lib.common.make_task(config)
+  config = stage_config("configs/sft.py:enumerable", base_overrides(c))
+  w_mesh, rules = common.mesh_and_rules(config)
+  task = common.make_task(config)
   cfg = model_shape(c, shape, task.tokenizer.vocab_size)
   _, params = state_lib.init_params(lambda r: export.make_model("lm", cfg, r), w_mesh, rules,
                                     c.seed + 17)
@@ -163,7 +163,7 @@ def run_ppo(c, workdir: str, *, sft_dir: str, evaluator: ExactEval, reward_dir: 
     if reward_dir:
       ov += [("reward.from_workdir", reward_dir), ("reward.ensemble_combine", combine),
              ("reward.ensemble_lambda", str(lam))]
-    config = configlib.get("configs/ppo.py" + (":learned" if reward_dir else ""), ov)
+    config = stage_config("configs/ppo.py" + (":learned" if reward_dir else ""), ov)
     t0 = time.perf_counter()
     s = online.setup(config, workdir)
     built = ppo_stage.build(config, s, workdir)
@@ -191,7 +191,7 @@ def run_dpo(c, workdir: str, *, sft_dir: str, evaluator: ExactEval, loss: str,
     pairs_eval = dpo_stage.make_evaluator(s.graphdef, s.arrays["test"], s.mesh, config, None)
     result = loop.run(
         config=config, workdir=workdir, mesh=s.mesh, state=s.state, state_shardings=s.shardings,
-        train_step=dpo_stage.dpo_steps.make_train_step(s.graphdef, s.tx, config.loss,
+        train_step=dpo_steps.make_train_step(s.graphdef, s.tx, config.loss,
                                                        config.data.prompt_len),
         train_iter=dpo_stage.train_iterator(config, s.arrays["train"]),
         evaluate=lambda st: {**pairs_eval(st), **evaluator(st.params)})

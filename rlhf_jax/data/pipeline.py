@@ -13,6 +13,16 @@ over-long prompts are an error, truncated from the left, or dropped, by config â
 Batches come from a grain pipeline: a seeded shuffle that changes every epoch, sharded per
 process by global index (process p of k takes indices p, p+k, ...), so across processes each
 example is seen exactly once per epoch. The iterator state is a small dict, checkpointable.
+
+Length buckets (config `data.length_buckets`, SFT training batches): a transform of batches,
+not a different sampler. Each step's batch is cut to the smallest bucket >= its used width W =
+1 + the last column holding a real token in any row (of the whole global batch, so every
+process cuts to the same width), i.e. trailing all-padding columns are dropped; S itself is the
+implicit last bucket. Under causal attention columns after a row's last real token change
+nothing before it, so the loss equals the full-width one. A train step compiles at most once
+per width in {b in buckets, b < S} + {S}: len(buckets) + 1 shapes at most (buckets must be in
+[1, S]). The right-padded side is what gets cut: the completion part of [prompt | completion]
+rows, the tail of packed rows (which start at column 0). Evaluation keeps the full width.
 """
 
 from __future__ import annotations
@@ -189,12 +199,53 @@ def _as_rows(arrays: dict[str, np.ndarray]) -> grain.MapDataset:
   return grain.MapDataset.range(n).map(lambda i: {k: v[i] for k, v in arrays.items()})
 
 
+def check_length_buckets(buckets: Sequence[int], full: int) -> tuple[int, ...]:
+  """Sorted bucket widths; each must be an int in [1, full] (full = the padded length S)."""
+  for b in buckets:
+    if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or not 1 <= b <= full:
+      raise ValueError(f"data.length_buckets: {b!r} is not an int in [1, {full}] (the padded "
+                       f"length prompt_len + completion_len); got {tuple(buckets)}")
+  return tuple(sorted(set(int(b) for b in buckets)))
+
+
+def bucket_width(mask_BxS: np.ndarray, buckets: Sequence[int]) -> int:
+  """Smallest bucket >= 1 + the last column with a real token in any row, else S."""
+  full = mask_BxS.shape[-1]
+  used_S = np.any(mask_BxS.reshape(-1, full) != 0, axis=0)
+  width = int(np.flatnonzero(used_S)[-1]) + 1 if used_S.any() else 0
+  return next((b for b in sorted(buckets) if width <= b < full), full)
+
+
+def trim_to_bucket(batch: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
+  """Cuts every [B, S] field to its first `width` columns (other fields pass unchanged)."""
+  full = batch["mask"].shape[-1]
+  return {k: v[:, :width] if v.ndim == 2 and v.shape[1] == full else v for k, v in batch.items()}
+
+
+def _bucketed(group: dict[str, np.ndarray], buckets: tuple[int, ...], process_index: int
+              ) -> dict[str, np.ndarray]:
+  """One step's [processes, local, ...] group -> this process's batch cut to the group's width."""
+  width = bucket_width(group["mask"], buckets)
+  return trim_to_bucket({k: v[process_index] for k, v in group.items()}, width)
+
+
 def train_dataset(arrays: dict[str, np.ndarray], *, global_batch: int, seed: int,
-                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-  """Endless shuffled batches of this process's shard; reshuffled every epoch."""
+                  process_index: int = 0, process_count: int = 1,
+                  length_buckets: Sequence[int] = ()) -> grain.IterDataset:
+  """Endless shuffled batches of this process's shard; reshuffled every epoch.
+
+  Process p takes the contiguous block of rows [p * local, (p + 1) * local) of each global
+  batch, the layout loop.to_global assembles: stacked in process order, the processes' batches
+  are exactly the single-process global batch. `length_buckets` (non-empty) cuts each step's
+  batches to a bucket width, the same on every process (see the module docstring)."""
   local = _check_batch(global_batch, process_count)
-  ds = _as_rows(arrays).shuffle(seed=seed).repeat(None)[process_index::process_count]
-  return ds.batch(local, drop_remainder=True).to_iter_dataset()
+  ds = _as_rows(arrays).shuffle(seed=seed).repeat(None).batch(local, drop_remainder=True)
+  if not length_buckets:
+    return ds[process_index::process_count].to_iter_dataset()
+  buckets = check_length_buckets(length_buckets, arrays["mask"].shape[1])
+  # The k processes' batches of step g are batches g k .. g k + k - 1, as in the slicing above.
+  ds = ds.batch(process_count, drop_remainder=True)
+  return ds.map(lambda group: _bucketed(group, buckets, process_index)).to_iter_dataset()
 
 
 def eval_batches(arrays: dict[str, np.ndarray], *, global_batch: int, process_index: int = 0,
@@ -209,8 +260,8 @@ def eval_batches(arrays: dict[str, np.ndarray], *, global_batch: int, process_in
   n = n if max_examples is None else min(n, max_examples)
   # Pad the pass to a whole number of global batches so every process yields the same count.
   total = -(-n // global_batch) * global_batch
-  for start in range(process_index, total, global_batch):
-    idx = np.arange(start, start + global_batch, process_count)[:local]
+  for start in range(0, total, global_batch):
+    idx = start + process_index * local + np.arange(local)   # contiguous, as train_dataset
     valid = idx < n
     batch = {k: v[np.where(valid, idx, 0)] * _row_mask(valid, v.ndim).astype(v.dtype)
              for k, v in arrays.items()}

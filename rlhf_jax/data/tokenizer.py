@@ -6,7 +6,8 @@ Every tokenizer exposes the same small surface, used by pipelines, generation an
   decode(ids)  -> str           stops at nothing; pad/bos/eos ids are dropped
   pad_id, bos_id, eos_id, vocab_size
 
-Special ids are fixed across both kinds: pad = 0, bos = 1, eos = 2.
+Special ids are fixed across both kinds: pad = 0, bos = 1, eos = 2. A third kind, "hf", is the
+tokenizer beside Hugging Face weights (models/hf/tokenizer.py); it keeps the checkpoint's own ids.
 """
 
 from __future__ import annotations
@@ -132,20 +133,46 @@ class CharTokenizer:
 
 
 def to_spec(tok, path: str = "") -> dict:
-  """A JSON-able description from which `from_spec` rebuilds the tokenizer."""
+  """A JSON-able description from which `from_spec` rebuilds the tokenizer.
+
+  `path` is the sentencepiece model file, or for an HFTokenizer the checkpoint directory."""
   if isinstance(tok, CharTokenizer):
     return {"kind": "char", "alphabet": tok.alphabet}
   if isinstance(tok, SentencePieceTokenizer):
     if not path:
       raise ValueError("to_spec: a sentencepiece tokenizer needs the path of its model file")
     return {"kind": "sentencepiece", "path": os.path.abspath(path)}
+  if type(tok).__name__ == "HFTokenizer":  # models/hf/tokenizer.py (not imported here)
+    if not path:
+      raise ValueError("to_spec: a Hugging Face tokenizer needs its checkpoint directory")
+    return {"kind": "hf", "path": os.path.abspath(path)}
   raise TypeError(f"to_spec: unsupported tokenizer type {type(tok).__name__}")
 
 
+SPEC_KINDS = ("char", "sentencepiece", "hf")
+
+
 def from_spec(spec: dict):
+  """The tokenizer `spec` describes (see `to_spec`).
+
+  kind "hf": `models.hf.load_hf_tokenizer(spec["path"])`, the tokenizer.model / tokenizer.json
+  beside Hugging Face weights. Its special ids are the checkpoint's (a tokenizer without a pad
+  token pads with EOS, one without BOS starts prompts with EOS; masks mark padding everywhere);
+  each must lie inside the vocabulary, or this raises.
+  """
   kind = spec.get("kind")
   if kind == "char":
     return CharTokenizer(spec["alphabet"])
   if kind == "sentencepiece":
     return SentencePieceTokenizer.load(spec["path"])
-  raise ValueError(f"unknown tokenizer kind {kind!r} in {spec}; valid: ['char', 'sentencepiece']")
+  if kind == "hf":
+    # Imported here: models/hf/tokenizer.py builds on this module.
+    from rlhf_jax.models.hf.tokenizer import load_hf_tokenizer
+    tok = load_hf_tokenizer(spec["path"])
+    for name in ("pad", "bos", "eos"):
+      value = getattr(tok, f"{name}_id")
+      if not 0 <= value < tok.vocab_size:
+        raise ValueError(f"tokenizer in {spec['path']!r}: {name}_id={value} is outside its "
+                         f"vocabulary of {tok.vocab_size}")
+    return tok
+  raise ValueError(f"unknown tokenizer kind {kind!r} in {spec}; valid: {list(SPEC_KINDS)}")

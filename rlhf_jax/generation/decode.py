@@ -2,12 +2,13 @@
 
 Layout (DESIGN.md): prompts are left-padded to a fixed length P (`prompt_mask_BxP` marks real
 tokens, each row needs at least one, e.g. BOS); the completion is right-padded to T =
-max_new_tokens. The cache holds L = P + T - 1 slots: slot s < P is prompt position s, slot P + t
+max_new_tokens. The cache holds L = P + T - 1 slots: slot s < P is prompt slot s, slot P + t
 holds completion token t (the last completion token is never fed back, so it needs no slot).
 
-  prefill:   one forward over the P prompt slots -> logits of completion token 0
-  step t>=1: feed token t-1 at slot P + t - 1 (RoPE position n_b + t - 1, n_b = real prompt
-             tokens of row b) -> logits of token t -> sample token t
+  prefill: `Transformer.hidden` with a cache over the first P - 1 prompt slots
+  step t:  feed one token per row at slot P - 1 + t (t = 0: the last prompt token; t > 0:
+           completion token t - 1) at RoPE position n_b - 1 + t (n_b = real prompt tokens of
+           row b) through `decode_step` -> logits -> sample completion token t
 
 so positions equal `positions_from_mask` of the concatenated [prompt | completion] row, and a
 forward pass over the finished row without a cache reproduces every logit (scoring.py).
@@ -30,6 +31,7 @@ from flax import nnx
 
 from rlhf_jax.generation import decode_step
 from rlhf_jax.generation.sampling import SamplingConfig, is_stop_token, sample_tokens
+from rlhf_jax.models.transformer import Transformer
 from rlhf_jax.parallel import sharding as sharding_lib
 
 
@@ -62,11 +64,13 @@ def check_prompts(prompt_tokens_BxP, prompt_mask_BxP, *, vocab_size: Optional[in
   if len(shape_t) != 2:
     raise ValueError(f"generate: prompt_tokens_BxP must be [B, P], got shape {shape_t}")
   if shape_t != shape_m:
-    raise ValueError(f"generate: prompt_mask_BxP has shape {shape_m}, prompt_tokens_BxP has {shape_t}")
+    raise ValueError(f"generate: prompt_mask_BxP has shape {shape_m}, prompt_tokens_BxP has "
+                     f"{shape_t}")
   if shape_t[1] == 0:
     raise ValueError("generate: prompt length P must be >= 1")
   if not jnp.issubdtype(jnp.result_type(prompt_tokens_BxP), jnp.integer):
-    raise ValueError(f"generate: prompt_tokens_BxP must be integer, got {jnp.result_type(prompt_tokens_BxP)}")
+    raise ValueError("generate: prompt_tokens_BxP must be integer, got "
+                     f"{jnp.result_type(prompt_tokens_BxP)}")
   if not (_is_concrete(prompt_tokens_BxP) and _is_concrete(prompt_mask_BxP)):
     return
   mask = np.asarray(prompt_mask_BxP)
@@ -89,7 +93,8 @@ def check_prompts(prompt_tokens_BxP, prompt_mask_BxP, *, vocab_size: Optional[in
 
 
 def _constrainer(mesh, rules):
-  """Sharding constraints for loop state: batch over the data axes, KV heads over `heads` rules."""
+  """constrain(x, logical_axes): a sharding constraint from the logical axis rules (identity
+  without a mesh). Used for the activations, logits, KV cache and loop state."""
   if mesh is None:
     return lambda x, axes: x
 
@@ -97,6 +102,26 @@ def _constrainer(mesh, rules):
     spec = sharding_lib.logical_to_spec(axes, x.shape, mesh, rules)
     return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
   return constrain
+
+
+def decode_rules(rules: Iterable[Sequence[Any]]) -> tuple:
+  """Logical axis rules for the parameters while decoding: the mesh axes that split the batch
+  (the 'batch' rule, e.g. data and fsdp) are dropped from every other logical axis.
+
+  FSDP shards weights over the batch axes and gathers each weight where it is used; inside a
+  decode loop that would gather every weight once per token. Instead `generate` gathers them once
+  per call, keeping only the tensor-parallel split (the usual layout of inference engines).
+  """
+  rules = [(r[0], r[1]) for r in rules]
+  as_tuple = lambda t: () if t is None else (tuple(t) if isinstance(t, (list, tuple)) else (t,))
+  batch_axes = {a for name, target in rules if name == "batch" for a in as_tuple(target)}
+  out = []
+  for name, target in rules:
+    if name != "batch":
+      kept = tuple(a for a in as_tuple(target) if a not in batch_axes)
+      target = kept if len(kept) > 1 else (kept[0] if kept else None)
+    out.append((name, target))
+  return tuple(out)
 
 
 def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens_BxP: jax.Array,
@@ -112,57 +137,66 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens_BxP: jax.Array,
     rng: a PRNG key (unused when config.greedy).
     config: sampling settings; static (T = config.max_new_tokens fixes the output shape).
     cache_dtype: KV cache dtype (default: the model's compute dtype).
-    mesh, rules: when given, the cache and loop state are constrained to the batch / head
-      sharding that the logical axis `rules` give on `mesh` (as training shards activations).
+    mesh, rules: when given, the batch of the activations, cache and loop state is split as the
+      logical axis `rules` say (as in training), KV heads as `kv_heads` say, and the parameters
+      are re-laid out once per call by `decode_rules(rules)` (no per-token weight gathers).
 
   Returns:
     Generation with [B, T] tokens, mask and float32 sampling log-probs, and stopped_B.
   """
-  check_prompts(prompt_tokens_BxP, prompt_mask_BxP)
   model = nnx.merge(graphdef, params)
+  if not isinstance(model, Transformer):
+    raise TypeError("generate: the policy must be a models.Transformer, got "
+                    f"{type(model).__name__}")
+  check_prompts(prompt_tokens_BxP, prompt_mask_BxP, vocab_size=model.cfg.vocab_size)
   constrain = _constrainer(mesh, rules)
+  if mesh is not None:
+    state = nnx.state(model, nnx.Param)
+    layout = sharding_lib.param_shardings(state, mesh, decode_rules(rules))
+    model = nnx.merge(graphdef, jax.tree.map(jax.lax.with_sharding_constraint,
+                                             nnx.to_pure_dict(state), layout))
   b, p = prompt_tokens_BxP.shape
   t_max = config.max_new_tokens
   length = p + t_max - 1
   prompt_tokens_BxP = jnp.asarray(prompt_tokens_BxP).astype(jnp.int32)
   prompt_mask_BxP = jnp.asarray(prompt_mask_BxP).astype(jnp.int32)
 
-  # Prefill: the model's own cached forward over the P prompt slots gives the logits of token 0;
-  # its keys/values move into the head-major decode cache of L slots (decode_step.py).
-  prefill_cache = model.init_cache(b, p, dtype=cache_dtype)
-  hidden_BxPxD, prefill_cache = model.hidden(prompt_tokens_BxP, mask_BxS=prompt_mask_BxP,
-                                             cache=prefill_cache, cache_index=0,
-                                             kv_mask_BxL=prompt_mask_BxP)
-  logits_BxV = model.logits(hidden_BxPxD[:, -1:])[:, 0]
+  # Prefill: the model's own cached forward over the first P - 1 prompt slots; its keys/values
+  # move into the head-major decode cache (decode_step.py). The last prompt token (always real:
+  # prompts are left-padded) is fed by the loop's first step, whose logits give token 0.
+  if p == 1:
+    cache = decode_step.empty_cache(model.cfg, b, length, cache_dtype)
+  else:
+    prefill_cache = model.init_cache(b, p - 1, dtype=cache_dtype)
+    _, prefill_cache = model.hidden(prompt_tokens_BxP[:, :-1], mask_BxS=prompt_mask_BxP[:, :-1],
+                                    cache=prefill_cache, cache_index=0,
+                                    kv_mask_BxL=prompt_mask_BxP[:, :-1])
+    cache = decode_step.cache_from_prefill(prefill_cache, length)
   cache = [{name: constrain(x, decode_step.CACHE_AXES[name]) for name, x in layer.items()}
-           for layer in decode_step.cache_from_prefill(prefill_cache, length)]
+           for layer in cache]
   kv_mask_BxL = jnp.pad(prompt_mask_BxP, ((0, 0), (0, t_max - 1)))
   weights = decode_step.flat_weights(model)
-  # RoPE tables of every step: step t feeds token t-1 at position n_b + t - 1.
+  # RoPE tables of every step: step t feeds slot P - 1 + t, at position n_b - 1 + t.
   num_prompt_B = jnp.sum(prompt_mask_BxP, axis=1)
   steps_T = jnp.arange(t_max, dtype=jnp.int32)
   cos_TxBx1xF, sin_TxBx1xF = decode_step.rope_tables(
-      num_prompt_B[None, :] + steps_T[:, None] - 1, model.cfg.head_dim, model.cfg.rope_theta)
+      num_prompt_B[None, :] - 1 + steps_T[:, None], model.cfg.head_dim, model.cfg.rope_theta)
 
-  token_B, logp_B = sample_tokens(logits_BxV, jax.random.fold_in(rng, 0), config, jnp.int32(0))
-  tokens_BxT = jnp.full((b, t_max), config.pad_id, jnp.int32).at[:, 0].set(token_B)
-  mask_BxT = jnp.zeros((b, t_max), jnp.int32).at[:, 0].set(1)
-  logp_BxT = jnp.zeros((b, t_max), jnp.float32).at[:, 0].set(logp_B)
-  done_B = is_stop_token(token_B, config)
   batch_axes = lambda x: constrain(x, ("batch",) + (None,) * (x.ndim - 1))
-  init = (jnp.int32(1), token_B, done_B, tokens_BxT, mask_BxT, logp_BxT, cache, kv_mask_BxL)
+  init = (jnp.int32(0), prompt_tokens_BxP[:, -1], jnp.ones((b,), jnp.int32),
+          jnp.zeros((b,), bool), jnp.full((b, t_max), config.pad_id, jnp.int32),
+          jnp.zeros((b, t_max), jnp.int32), jnp.zeros((b, t_max), jnp.float32), cache, kv_mask_BxL)
 
   def cond(state):
-    t, _, done_B, *_ = state
+    t, _, _, done_B, *_ = state
     return (t < t_max) & ~jnp.all(done_B)
 
   def body(state):
-    t, prev_B, done_B, tokens_BxT, mask_BxT, logp_BxT, cache, kv_mask_BxL = state
-    slot = p + t - 1
-    # Token t-1 is real iff its row was alive when it was drawn (mask_BxT[:, t-1]).
-    prev_real_Bx1 = jax.lax.dynamic_slice_in_dim(mask_BxT, t - 1, 1, axis=1)
-    kv_mask_BxL = jax.lax.dynamic_update_slice_in_dim(kv_mask_BxL, prev_real_Bx1, slot, axis=1)
-    logits_BxV, cache = decode_step.decode_step(model, weights, prev_B,
+    t, fed_B, fed_real_B, done_B, tokens_BxT, mask_BxT, logp_BxT, cache, kv_mask_BxL = state
+    slot = p - 1 + t
+    kv_mask_BxL = jax.lax.dynamic_update_slice_in_dim(kv_mask_BxL, fed_real_B[:, None], slot,
+                                                      axis=1)
+    logits_BxV, cache = decode_step.decode_step(model, weights, fed_B,
                                                 (cos_TxBx1xF[t], sin_TxBx1xF[t]), cache, slot,
                                                 kv_mask_BxL, constrain)
     token_B, logp_B = sample_tokens(logits_BxV, jax.random.fold_in(rng, t), config, t)
@@ -175,10 +209,10 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens_BxP: jax.Array,
     mask_BxT = batch_axes(put(mask_BxT, alive_B))
     logp_BxT = batch_axes(put(logp_BxT, logp_B))
     done_B = done_B | is_stop_token(token_B, config)
-    return (t + 1, token_B, done_B, tokens_BxT, mask_BxT, logp_BxT, cache, kv_mask_BxL)
+    return (t + 1, token_B, alive_B.astype(jnp.int32), done_B, tokens_BxT, mask_BxT, logp_BxT,
+            cache, kv_mask_BxL)
 
-  if t_max > 1:
-    _, _, done_B, tokens_BxT, mask_BxT, logp_BxT, _, _ = jax.lax.while_loop(cond, body, init)
+  _, _, _, _, tokens_BxT, mask_BxT, logp_BxT, _, _ = jax.lax.while_loop(cond, body, init)
   stopped_B = jnp.any(is_stop_token(tokens_BxT, config) & (mask_BxT > 0), axis=1)
   return Generation(tokens_BxT=tokens_BxT, mask_BxT=mask_BxT, logp_BxT=logp_BxT,
                     stopped_B=stopped_B)

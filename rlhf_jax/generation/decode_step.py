@@ -5,10 +5,12 @@ For one query token per row that layout is slow on CPU: every step XLA transpose
 whole cache to put the (batch, kv-head) dimensions first for the batched attention matmuls. This
 module keeps the decode cache head-major instead (keys [B, K, H, L], values [B, K, L, H]), so
 q·k and p·v are plain batched matmuls with no per-step copies; it flattens the projection weights
-to 2-D once, before the loop, and computes the RoPE tables once per step rather than per layer.
+to 2-D and builds the RoPE cos/sin tables of all steps once, before the loop (XLA would otherwise
+recompute the sin/cos inside every layer's q and k at every step).
 
-The math is the model's (models/transformer.py), reusing its modules (norms, MLP, RoPE, logits)
-and reading its attention weights; only the attention core for a single query is written here:
+The math is the model's (models/transformer.py): it reuses the modules (norms, MLP, logits) and
+reads the attention weights; only the single-query attention core and the half-split RoPE
+rotation of `apply_rope` (from precomputed tables) are written out here:
 
   q = rope(x Wq), k = rope(x Wk), v = x Wv        x: [B, D] at RoPE position pos_b
   K[b, :, :, slot], V[b, :, slot] <- k, v           write the new token's key/value
@@ -26,10 +28,20 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from rlhf_jax.models import lora
+
 KEY_AXES = ("batch", "kv_heads", "kv", None)    # logical axes of a [B, K, H, L] key cache leaf
 VALUE_AXES = ("batch", "kv_heads", None, "kv")  # logical axes of a [B, K, L, H] value cache leaf
 CACHE_AXES = {"k": KEY_AXES, "v": VALUE_AXES}
 _MASKED = -1e30  # as in models/transformer.py
+
+
+def empty_cache(cfg, batch: int, length: int, dtype=None) -> list[dict]:
+  """A zero decode cache: per layer keys [B, K, H, L] and values [B, K, L, H]."""
+  dtype = jnp.dtype(dtype or cfg.dtype)
+  k, h = cfg.n_kv_heads, cfg.head_dim
+  return [{"k": jnp.zeros((batch, k, h, length), dtype),
+           "v": jnp.zeros((batch, k, length, h), dtype)} for _ in range(cfg.n_layers)]
 
 
 def cache_from_prefill(prefill_cache: list[dict], length: int) -> list[dict]:
@@ -44,14 +56,27 @@ def cache_from_prefill(prefill_cache: list[dict], length: int) -> list[dict]:
   return out
 
 
+def _weight(attn, name: str) -> jax.Array:
+  """The attention weight `name`, with its LoRA adapter folded in when one is attached
+  (W + (alpha / r) A B, models/lora.py): this step reads the weights, not the modules."""
+  w = getattr(attn, name)[...]
+  adapter = getattr(attn, name + lora.SUFFIX, None)
+  if adapter is None:
+    return w
+  delta = jnp.tensordot(adapter.a[...].astype(jnp.float32), adapter.b[...].astype(jnp.float32),
+                        axes=1)
+  return (w.astype(jnp.float32) + adapter.scale * delta).astype(w.dtype)
+
+
 def flat_weights(model) -> list[dict]:
-  """Per-layer attention projections as 2-D matrices (reshapes of the model's parameters)."""
+  """Per-layer attention projections as 2-D matrices (reshapes of the model's parameters, LoRA
+  adapters merged in; the MLP's adapters run in the module itself)."""
   out = []
   for layer in model.layers:
     a = layer.attn
     d = a.wq.shape[0]
-    out.append({"wq": a.wq[...].reshape(d, -1), "wk": a.wk[...].reshape(d, -1),
-                "wv": a.wv[...].reshape(d, -1), "wo": a.wo[...].reshape(-1, d)})
+    out.append({"wq": _weight(a, "wq").reshape(d, -1), "wk": _weight(a, "wk").reshape(d, -1),
+                "wv": _weight(a, "wv").reshape(d, -1), "wo": _weight(a, "wo").reshape(-1, d)})
   return out
 
 
@@ -110,10 +135,12 @@ def decode_step(model, weights: list[dict], tokens_B: jax.Array, rope: tuple[jax
       `rope_tables`).
     cache: per layer {'k': [B, K, H, L], 'v': [B, K, L, H]}; kv_mask_BxL marks every real slot,
       this one included.
-    constrain: applied to each new cache leaf with its CACHE_AXES (sharding constraints).
+    constrain: `constrain(x, logical_axes)` sharding constraint, applied to the activations and
+      to each new cache leaf (with its CACHE_AXES).
   """
   cfg = model.cfg
-  x_BxD = jnp.take(model.embed[...], tokens_B, axis=0).astype(jnp.dtype(cfg.dtype))
+  x_BxD = constrain(jnp.take(model.embed[...], tokens_B, axis=0).astype(jnp.dtype(cfg.dtype)),
+                    ("batch", None))
   new_cache = []
   for layer, w, c in zip(model.layers, weights, cache):
     y_BxD, c = _attend(cfg, w, layer.attn_norm(x_BxD), rope, c, slot, kv_mask_BxL)
@@ -121,4 +148,5 @@ def decode_step(model, weights: list[dict], tokens_B: jax.Array, rope: tuple[jax
     x_BxD = x_BxD + y_BxD
     x_BxD = x_BxD + layer.mlp(layer.mlp_norm(x_BxD)[:, None])[:, 0]
   logits_BxV = model.logits(model.final_norm(x_BxD)[:, None])[:, 0]
-  return logits_BxV, new_cache
+  # Sampling needs whole rows: gather the vocabulary, keep the batch split.
+  return constrain(logits_BxV, ("batch", None)), new_cache

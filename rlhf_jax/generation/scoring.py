@@ -51,8 +51,8 @@ def concat_rows(prompt_tokens_BxP, prompt_mask_BxP, completion_tokens_BxT, compl
     if np.ndim(x) != 2:
       raise ValueError(f"scoring: {name} must be 2-D, got shape {np.shape(x)}")
   if np.shape(prompt_tokens_BxP) != np.shape(prompt_mask_BxP):
-    raise ValueError(f"scoring: prompt_tokens_BxP {np.shape(prompt_tokens_BxP)} and prompt_mask_BxP "
-                     f"{np.shape(prompt_mask_BxP)} differ in shape")
+    raise ValueError(f"scoring: prompt_tokens_BxP {np.shape(prompt_tokens_BxP)} and "
+                     f"prompt_mask_BxP {np.shape(prompt_mask_BxP)} differ in shape")
   if np.shape(completion_tokens_BxT) != np.shape(completion_mask_BxT):
     raise ValueError(f"scoring: completion_tokens_BxT {np.shape(completion_tokens_BxT)} and "
                      f"completion_mask_BxT {np.shape(completion_mask_BxT)} differ in shape")
@@ -70,7 +70,8 @@ def concat_rows(prompt_tokens_BxP, prompt_mask_BxP, completion_tokens_BxT, compl
 
 def score_tokens(graphdef: nnx.GraphDef, params: Any, prompt_tokens_BxP, prompt_mask_BxP,
                  completion_tokens_BxT, completion_mask_BxT, *,
-                 config: Optional[SamplingConfig] = None, with_entropy: bool = False) -> TokenScores:
+                 config: Optional[SamplingConfig] = None,
+                 with_entropy: bool = False) -> TokenScores:
   """Log-probs (and entropies) of the completion tokens under an LM policy. Traceable.
 
   Args:
@@ -82,7 +83,8 @@ def score_tokens(graphdef: nnx.GraphDef, params: Any, prompt_tokens_BxP, prompt_
     with_entropy: also return the per-token entropy of that distribution.
 
   Returns:
-    TokenScores(logp_BxT, entropy_BxT or None), float32, 0 where the completion mask is 0.
+    TokenScores(logp_BxT, entropy_BxT or None), float32, 0 where the completion mask is 0. A
+    token that the config's top-k / top-p excludes gets log-prob -inf.
   """
   tokens_BxS, mask_BxS = concat_rows(prompt_tokens_BxP, prompt_mask_BxP, completion_tokens_BxT,
                                      completion_mask_BxT)
@@ -94,8 +96,8 @@ def score_tokens(graphdef: nnx.GraphDef, params: Any, prompt_tokens_BxP, prompt_
     logits_BxTxV = process_logits(logits_BxTxV, config, jnp.arange(t, dtype=jnp.int32)[None, :])
   logits_BxTxV = logits_BxTxV.astype(jnp.float32)
   targets_BxT = tokens_BxS[:, p:]
-  picked_BxT = jnp.take_along_axis(logits_BxTxV, jnp.clip(targets_BxT, 0, logits_BxTxV.shape[-1] - 1)[..., None],
-                                   axis=-1)[..., 0]
+  targets_BxT = jnp.clip(targets_BxT, 0, logits_BxTxV.shape[-1] - 1)
+  picked_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
   real_BxT = mask_BxS[:, p:] > 0
   logp_BxT = jnp.where(real_BxT, picked_BxT - jax.nn.logsumexp(logits_BxTxV, axis=-1), 0.0)
   entropy_BxT = None
@@ -118,7 +120,7 @@ def score_values(graphdef: nnx.GraphDef, params: Any, prompt_tokens_BxP, prompt_
   model = nnx.merge(graphdef, params)
   values_BxS = model(tokens_BxS, mask_BxS=mask_BxS).astype(jnp.float32)
   if values_BxS.shape != tokens_BxS.shape:
-    raise ValueError(f"score_values: the model returned shape {values_BxS.shape}; expected per-token "
-                     f"scalars {tokens_BxS.shape} (a ScalarModel, not an LM)")
+    raise ValueError(f"score_values: the model returned shape {values_BxS.shape}; expected "
+                     f"per-token scalars {tokens_BxS.shape} (a ScalarModel, not an LM)")
   values_BxT = jnp.where(mask_BxS[:, p:] > 0, values_BxS[:, p - 1:p + t - 1], 0.0)
   return ValueScores(values_BxT=values_BxT, last_B=last_token_values(values_BxS, mask_BxS))

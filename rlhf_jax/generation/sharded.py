@@ -20,6 +20,7 @@ import functools
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import jax
+import numpy as np
 from flax import nnx
 
 from rlhf_jax.generation import decode, scoring
@@ -34,7 +35,8 @@ def _batch(mesh, ndim):
 def make_generate_fn(graphdef: nnx.GraphDef, config: SamplingConfig, *,
                      mesh: Optional[jax.sharding.Mesh] = None, param_shardings: Any = None,
                      rules: Iterable[Sequence[Any]] = sharding_lib.DEFAULT_RULES,
-                     cache_dtype: Any = None, validate: bool = True) -> Callable[..., decode.Generation]:
+                     cache_dtype: Any = None,
+                     validate: bool = True) -> Callable[..., decode.Generation]:
   """fn(params, prompt_tokens_BxP, prompt_mask_BxP, rng) -> Generation, jitted.
 
   With a mesh, `param_shardings` (a pure dict mirroring params, e.g. TrainState shardings.params)
@@ -56,7 +58,9 @@ def make_generate_fn(graphdef: nnx.GraphDef, config: SamplingConfig, *,
 
   def generate_fn(params, prompt_tokens_BxP, prompt_mask_BxP, rng):
     if validate:
-      decode.check_prompts(prompt_tokens_BxP, prompt_mask_BxP)
+      embed = params.get("embed") if isinstance(params, dict) else None
+      vocab = None if embed is None else np.shape(embed)[0]
+      decode.check_prompts(prompt_tokens_BxP, prompt_mask_BxP, vocab_size=vocab)
     return jitted(params, prompt_tokens_BxP, prompt_mask_BxP, rng)
 
   generate_fn.jitted = jitted  # exposes _cache_size() / lower() for compile counting and AOT

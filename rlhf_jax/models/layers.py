@@ -2,11 +2,12 @@
 
 Every parameter carries logical axis names in its `axes` metadata (`vocab`, `embed`, `heads`,
 `kv_heads`, `kv`, `mlp`, `norm`). Norms and the RoPE rotation compute in float32 whatever the
-compute dtype.
+compute dtype; `einsum_f32` gives float32 results of compute-dtype matmuls.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -26,6 +27,37 @@ def param(rngs: nnx.Rngs, shape, axes, scale: float, dtype) -> nnx.Param:
 def zeros(shape, axes, dtype) -> nnx.Param:
   """A zero-initialised parameter (biases) with logical `axes`."""
   return nnx.Param(jnp.zeros(shape, dtype), axes=axes)
+
+
+def einsum_f32(spec: str, x: jax.Array, y: jax.Array) -> jax.Array:
+  """einsum(spec, x, y) accumulated and returned in float32 (logits, attention scores).
+
+  With lower-precision operands (bfloat16 compute) the float32 cotangent is cast back to the
+  operands' dtype before the backward matmuls, so they run in the compute dtype like every other
+  matmul, instead of as mixed float32 x bfloat16 products (which XLA upcasts to float32). The
+  forward value is the same either way; float32 operands take the plain einsum.
+  """
+  if x.dtype == jnp.float32 and y.dtype == jnp.float32:
+    return jnp.einsum(spec, x, y, preferred_element_type=jnp.float32)
+  return _einsum_f32(spec, x, y)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _einsum_f32(spec, x, y):
+  return jnp.einsum(spec, x, y, preferred_element_type=jnp.float32)
+
+
+def _einsum_f32_fwd(spec, x, y):
+  return _einsum_f32(spec, x, y), (x, y)
+
+
+def _einsum_f32_bwd(spec, residuals, g):
+  x, y = residuals
+  _, vjp = jax.vjp(lambda a, b: jnp.einsum(spec, a, b), x, y)
+  return vjp(g.astype(jnp.result_type(x, y)))
+
+
+_einsum_f32.defvjp(_einsum_f32_fwd, _einsum_f32_bwd)
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: tuple = ()) -> jax.Array:

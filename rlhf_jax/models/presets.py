@@ -91,6 +91,8 @@ class ModelConfig:
   rope_scaling: tuple = ()
 
   def __post_init__(self):
+    # JSON (export.json) gives rope_scaling back as lists; keep the config hashable and equal.
+    object.__setattr__(self, "rope_scaling", tuple(tuple(p) for p in self.rope_scaling))
     if self.n_heads % self.n_kv_heads:
       raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "head_dim", "d_ff",

@@ -33,16 +33,19 @@ def check_remat(name: str) -> None:
     raise ValueError(f"unknown ModelConfig.remat {name!r}; valid: {list(REMAT_POLICIES)}")
 
 
-def remat_block(block: nnx.Module, name: str, x, positions_BxS, kv_mask_BxL, cache_index):
+def remat_block(block: nnx.Module, name: str, x, positions_BxS, kv_mask_BxL, cache_index,
+                segment_ids_BxS=None):
   """`block(x, ...)` without a cache, its activations recomputed in the backward pass as policy
   `name` says. The block's state (parameters, LoRA adapters) is an explicit input, so gradients
   flow to it exactly as without remat."""
   check_remat(name)
   graphdef, state = nnx.split(block)
 
-  def forward(state, x, positions_BxS, kv_mask_BxL, cache_index):
-    y, _ = nnx.merge(graphdef, state)(x, positions_BxS, kv_mask_BxL, None, cache_index)
+  def forward(state, x, positions_BxS, kv_mask_BxL, cache_index, segment_ids_BxS):
+    y, _ = nnx.merge(graphdef, state)(x, positions_BxS, kv_mask_BxL, None, cache_index,
+                                      segment_ids_BxS)
     return y
 
   return jax.checkpoint(forward, policy=REMAT_POLICIES[name])(state, x, positions_BxS,
-                                                               kv_mask_BxL, cache_index)
+                                                               kv_mask_BxL, cache_index,
+                                                               segment_ids_BxS)

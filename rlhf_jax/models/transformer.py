@@ -11,6 +11,12 @@ tokens and positions come from it (`positions_from_mask`), for RoPE and learned 
 The same forward serves training (no cache) and generation (a preallocated KV cache written at
 `cache_index`): query slot i attends to key slot j iff j <= i and slot j holds a real token
 (`kv_mask_BxL`).
+
+Packed rows (training only, no cache; data/packing.py): several examples share a row, told apart
+by `segment_ids_BxS` (0 = padding, 1..k = example within the row) with positions restarting at 0
+per example. Query i then attends to key j iff j <= i, j is real and seg_i = seg_j, so each
+example sees exactly what it would see alone in its own row. Without segment ids the mask and
+its cost are unchanged.
 """
 
 from __future__ import annotations
@@ -22,8 +28,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rlhf_jax.models.layers import (MLP, LayerNorm, RMSNorm, apply_rope, make_norm, param,
-                                    zeros)
+from rlhf_jax.models.layers import (MLP, LayerNorm, RMSNorm, apply_rope, einsum_f32, make_norm,
+                                    param, zeros)
 from rlhf_jax.models.lora import project
 from rlhf_jax.models.presets import ModelConfig
 from rlhf_jax.models.remat import remat_block
@@ -64,7 +70,7 @@ class Attention(nnx.Module):
       self.bo = zeros((d,), ("embed",), pd)
 
   def __call__(self, x_BxSxD, positions_BxS, kv_mask_BxL, cache: Optional[LayerCache],
-               cache_index):
+               cache_index, segment_ids_BxS=None):
     cfg = self.cfg
     dt = x_BxSxD.dtype
     q_BxSxNxH = project(self, "wq", "bsd,dnh->bsnh", x_BxSxD)
@@ -93,11 +99,13 @@ class Attention(nnx.Module):
     b, _, n, h = q_BxSxNxH.shape
     kh = cfg.n_kv_heads
     q_BxSxKxGxH = q_BxSxNxH.reshape(b, s, kh, n // kh, h)
-    scores_BxKxGxSxL = jnp.einsum("bskgh,blkh->bkgsl", q_BxSxKxGxH, keys_BxLxKxH.astype(dt),
-                                  preferred_element_type=jnp.float32) * (h ** -0.5)
+    scores_BxKxGxSxL = einsum_f32("bskgh,blkh->bkgsl", q_BxSxKxGxH,
+                                  keys_BxLxKxH.astype(dt)) * (h ** -0.5)
     q_slot_S = cache_index + jnp.arange(s)
     allowed_BxSxL = (kv_mask_BxL[:, None, :].astype(bool)
                      & (jnp.arange(length)[None, :] <= q_slot_S[:, None])[None])
+    if segment_ids_BxS is not None:  # packed rows: no attention across examples (no cache)
+      allowed_BxSxL = allowed_BxSxL & (segment_ids_BxS[:, :, None] == segment_ids_BxS[:, None, :])
     scores_BxKxGxSxL = jnp.where(allowed_BxSxL[:, None, None], scores_BxKxGxSxL, _MASKED)
     probs = jax.nn.softmax(scores_BxKxGxSxL, axis=-1).astype(dt)
     out_BxSxKxGxH = jnp.einsum("bkgsl,blkh->bskgh", probs, values_BxLxKxH.astype(dt))
@@ -117,8 +125,9 @@ class Block(nnx.Module):
     self.mlp_norm = make_norm(cfg)
     self.mlp = MLP(cfg, rngs)
 
-  def __call__(self, x, positions_BxS, kv_mask_BxL, cache, cache_index):
-    y, cache = self.attn(self.attn_norm(x), positions_BxS, kv_mask_BxL, cache, cache_index)
+  def __call__(self, x, positions_BxS, kv_mask_BxL, cache, cache_index, segment_ids_BxS=None):
+    y, cache = self.attn(self.attn_norm(x), positions_BxS, kv_mask_BxL, cache, cache_index,
+                         segment_ids_BxS)
     x = x + y
     x = x + self.mlp(self.mlp_norm(x))
     return x, cache
@@ -159,14 +168,20 @@ class Transformer(nnx.Module):
     return x
 
   def hidden(self, tokens_BxS, *, mask_BxS, positions_BxS=None,
-             cache: Optional[list[LayerCache]] = None, cache_index=0, kv_mask_BxL=None):
+             cache: Optional[list[LayerCache]] = None, cache_index=0, kv_mask_BxL=None,
+             segment_ids_BxS=None):
     """Final hidden states [B, S, D] (and the updated cache when one is given).
 
     Without a cache, keys are the S input tokens and `kv_mask_BxL` defaults to `mask_BxS`, and
     each block is rematerialised in the backward pass as `cfg.remat` says (models/remat.py).
     With a cache of length L, the inputs occupy slots [cache_index, cache_index + S) and
     `kv_mask_BxL` must mark every real slot of the whole cache.
+    `segment_ids_BxS` (packed rows, no cache): attention stays within a segment; pass the
+    packed rows' positions too (positions_from_mask would run on across examples).
     """
+    if segment_ids_BxS is not None and cache is not None:
+      raise ValueError("Transformer.hidden: segment_ids_BxS (packed rows) is for training only, "
+                       "not with a KV cache")
     if positions_BxS is None:
       positions_BxS = positions_from_mask(mask_BxS)
     if kv_mask_BxL is None:
@@ -177,22 +192,23 @@ class Transformer(nnx.Module):
     new_cache = []
     for i, layer in enumerate(self.layers):
       if cache is None and self.cfg.remat != "none":
-        x, c = remat_block(layer, self.cfg.remat, x, positions_BxS, kv_mask_BxL, cache_index), None
+        x, c = remat_block(layer, self.cfg.remat, x, positions_BxS, kv_mask_BxL, cache_index,
+                           segment_ids_BxS), None
       else:
         x, c = layer(x, positions_BxS, kv_mask_BxL, None if cache is None else cache[i],
-                     cache_index)
+                     cache_index, segment_ids_BxS)
       new_cache.append(c)
     x = self.final_norm(x)
     return (x, new_cache) if cache is not None else (x, None)
 
   def logits(self, hidden_BxSxD):
-    """Vocabulary logits, accumulated in float32."""
+    """Vocabulary logits, accumulated and returned in float32 (layers.einsum_f32)."""
     w = self.lm_head[...] if self.has_lm_head else self.embed[...].T
-    return jnp.einsum("bsd,dv->bsv", hidden_BxSxD, w.astype(hidden_BxSxD.dtype),
-                      preferred_element_type=jnp.float32)
+    return einsum_f32("bsd,dv->bsv", hidden_BxSxD, w.astype(hidden_BxSxD.dtype))
 
-  def __call__(self, tokens_BxS, *, mask_BxS, positions_BxS=None):
-    h, _ = self.hidden(tokens_BxS, mask_BxS=mask_BxS, positions_BxS=positions_BxS)
+  def __call__(self, tokens_BxS, *, mask_BxS, positions_BxS=None, segment_ids_BxS=None):
+    h, _ = self.hidden(tokens_BxS, mask_BxS=mask_BxS, positions_BxS=positions_BxS,
+                       segment_ids_BxS=segment_ids_BxS)
     return self.logits(h)
 
   def init_cache(self, batch: int, length: int, dtype: Any = None) -> list[LayerCache]:

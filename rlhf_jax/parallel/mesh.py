@@ -6,7 +6,6 @@ import math
 from typing import Mapping, Sequence
 
 import jax
-import numpy as np
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both data-parallel axes

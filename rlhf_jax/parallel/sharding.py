@@ -11,7 +11,7 @@ replicated instead (and reported by `explain`) so any preset runs on any mesh.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 import jax
 import numpy as np

@@ -16,6 +16,10 @@ STAGES = {
     "recipe": "rlhf_jax.stages.recipe",
 }
 
+# Stages that can start from a Hugging Face checkpoint (config.model.hf_path, stages/common.py);
+# the others start from an SFT run's export (init.from_workdir).
+HF_PATH_STAGES = ("sft",)
+
 
 def get_stage(name: str):
   if name not in STAGES:

@@ -1,4 +1,5 @@
-"""Pieces every stage shares: mesh and rules, task records, tokenizer, layout, model init."""
+"""Pieces every stage shares: mesh and rules, task records, tokenizer, layout, model init
+(from scratch, from an earlier stage's export, or from a Hugging Face checkpoint)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from typing import Any
 
 import jax
 
-from rlhf_jax import models
+from rlhf_jax import models, stages
 from rlhf_jax.data import builders, pipeline, tokenizer as tokenizer_lib
+from rlhf_jax.models import hf as hf_lib
 from rlhf_jax.parallel import distributed, mesh as mesh_lib
 from rlhf_jax.train import export, loop
 
@@ -36,11 +38,34 @@ def records(config, workdir: str, kind: str, split: str):
   return [builders.decode_record(source[i]) for i in range(len(source))]
 
 
+def hf_path(config) -> str:
+  """config.model.hf_path as an absolute path ("" when unset), after checking that the stage
+  reads it (stages.HF_PATH_STAGES), that init.from_workdir is not also set (the two name
+  different starting weights) and that it is a checkpoint with a tokenizer (check_dir)."""
+  path = config.model.get("hf_path", "") if "model" in config else ""
+  if not path:
+    return ""
+  if config.stage not in stages.HF_PATH_STAGES:
+    raise ValueError(f"config.model.hf_path is read by stages {list(stages.HF_PATH_STAGES)} only, "
+                     f"not {config.stage!r}: run sft with it first and start {config.stage!r} "
+                     "from that run (init.from_workdir)")
+  if config.init.from_workdir:
+    raise ValueError(f"config.model.hf_path={path!r} and config.init.from_workdir="
+                     f"{config.init.from_workdir!r} both name the starting weights; set only one")
+  hf_lib.check_dir(path)
+  return os.path.abspath(path)
+
+
 def tokenizer_spec(config, workdir: str, task) -> dict:
-  """The tokenizer of this run: the init checkpoint's, a char alphabet, a given sentencepiece
-  file, or one trained from the task's text and cached at <workdir>/tokenizer.model."""
+  """The tokenizer of this run: the init checkpoint's, the one beside model.hf_path's weights
+  (kind "hf", see data/tokenizer.from_spec for its special ids), a char alphabet, a given
+  sentencepiece file, or one trained from the task's text and cached at
+  <workdir>/tokenizer.model."""
+  path = hf_path(config)  # raises if init.from_workdir is set too
   if config.init.from_workdir:
     return export.load_meta(config.init.from_workdir)["tokenizer"]
+  if path:
+    return {"kind": "hf", "path": path}
   tc = config.tokenizer
   if tc.kind == "char":
     return {"kind": "char", "alphabet": task.alphabet}
@@ -57,11 +82,33 @@ def layout(config, tok) -> pipeline.Layout:
 
 
 def model_config(config, vocab_size: int) -> models.ModelConfig:
-  """The run's model shape: the init checkpoint's, or the preset with the tokenizer's vocab."""
+  """The run's model shape: the init checkpoint's; model.hf_path's config.json (computing in
+  config.model.dtype over float32 parameters); or the preset with the tokenizer's vocab."""
+  path = hf_path(config)  # raises if init.from_workdir is set too
   if config.init.from_workdir:
     return export.load_meta_model(config.init.from_workdir)
+  if path:
+    cfg = hf_lib.config_from_hf(hf_lib.read_hf_config(path), dtype=config.model.dtype,
+                                param_dtype="float32")
+    if vocab_size > cfg.vocab_size:
+      raise ValueError(f"model.hf_path={path!r}: the tokenizer has {vocab_size} tokens but "
+                       f"config.json's vocab_size is {cfg.vocab_size}")
+    return cfg
   return models.get_model_config(config.model.preset, family=config.model.family,
                                  vocab_size=vocab_size, dtype=config.model.dtype)
+
+
+def init_lm_params(config, mesh, rules):
+  """Starting LM parameters on `mesh` under `rules`: config.init.from_workdir's export, the
+  model.hf_path checkpoint (loaded tensor by tensor straight into its shardings, float32), or
+  None for a fresh initialisation. Laid out like `Transformer(model_config(config, ...))`."""
+  path = hf_path(config)  # raises if init.from_workdir is set too
+  if config.init.from_workdir:
+    return export.load(config.init.from_workdir, mesh, rules, kind="lm").params
+  if path:
+    return hf_lib.load_hf(path, mesh=mesh, rules=rules,
+                          overrides={"dtype": config.model.dtype}).params
+  return None
 
 
 def summed_eval(eval_step, params, arrays, mesh, config) -> dict[str, float]:

@@ -5,6 +5,11 @@ The reference's sequence log-probs are computed once over the train and eval pai
 preference family runs via `--config.loss.name=...` (dpo, ipo, cdpo, robust, hinge, sppo_hard,
 nca_pair, bco_pair, apo_zero, apo_down, simpo, orpo). On the enumerable world, evaluation is exact
 (train/enumerable_eval.py): eval/gold_reward, eval/kl and eval/kl_to_optimum.
+
+config.lora.rank > 0: the policy trains LoRA adapters on the frozen SFT weights (train/lora.py);
+the reference is the SFT export itself, and the export is the plain LM with the adapters merged.
+config.train.microbatches: gradient accumulation (train/microbatch.py). config.model.remat:
+per-block rematerialisation of the policy in training (not exported).
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ import numpy as np
 from rlhf_jax.data import pipeline, tokenizer as tokenizer_lib
 from rlhf_jax.parallel import distributed
 from rlhf_jax.stages import common
-from rlhf_jax.train import dpo as dpo_steps, export, loop, optimizer as optimizer_lib
-from rlhf_jax.train import state as state_lib
+from rlhf_jax.train import dpo as dpo_steps, export, lora, loop, optimizer as optimizer_lib
+from rlhf_jax.train import precision, state as state_lib
 from rlhf_jax.train.enumerable_eval import EnumerableEvaluator
 
 
@@ -44,7 +49,9 @@ def reference_logps(graphdef, ref_params, arrays, mesh, config, cache_path: str,
           "ref_rejected_logps": cache[key_r].astype(np.float32)}
 
 
-def make_evaluator(graphdef, arrays, mesh, config, exact_eval):
+def make_evaluator(graphdef, arrays, mesh, config, exact_eval, plain_of=lambda p: p):
+  """Pair accuracy and implicit margin on `arrays` (the train state's model), plus the exact
+  metrics of `exact_eval` (a plain-model evaluator) on `plain_of(params)` when given."""
   eval_step = jax.jit(dpo_steps.make_eval_step(graphdef, config.loss.beta, config.data.prompt_len))
 
   def evaluate(state) -> dict:
@@ -52,7 +59,7 @@ def make_evaluator(graphdef, arrays, mesh, config, exact_eval):
     n = max(totals["pairs"], 1.0)
     out = {"accuracy": totals["correct"] / n, "margin": totals["margin"] / n}
     if exact_eval is not None:
-      out.update(exact_eval.metrics(state.params, beta=config.loss.beta))
+      out.update(exact_eval.metrics(plain_of(state.params), beta=config.loss.beta))
     return out
 
   return evaluate
@@ -81,7 +88,12 @@ class Setup:
   tx: object
   sft: export.Exported
   tok_spec: dict
-  exact_eval: object
+  exact_eval: object      # on the plain model: give it plain(state.params)
+  trainable: object = None  # LoRA's trainable mask (None: all parameters train)
+  to_plain: object = None  # train-state params -> the plain LM's (adapters merged); None: as is
+
+  def plain(self, params):
+    return params if self.to_plain is None else self.to_plain(params)
 
 
 def prepare(config, workdir: str) -> Setup:
@@ -104,16 +116,19 @@ def prepare(config, workdir: str) -> Setup:
                                                                  config, cache, s))
 
   tx = optimizer_lib.make_optimizer(config.optimizer, config.train.num_steps)
-  make_model = lambda rngs: export.make_model("lm", sft.model_config, rngs)
-  graphdef, state, shardings = state_lib.init_state(make_model, tx, mesh, rules, config.seed,
-                                                    params=sft.params)
+  run_cfg = precision.apply_model_options(sft.model_config, config)  # + remat (not exported)
+  make_model = lambda rngs: export.make_model("lm", run_cfg, rngs)
+  adapted = lora.adapt(config.lora, make_model, tx, sft.params, mesh, rules, config.seed)
+  graphdef, state, shardings = state_lib.init_state(
+      adapted.make_model, adapted.tx, mesh, rules, config.seed, params=adapted.params)
   exact_eval = None
   if config.task.name == "enumerable" and config.eval.exact_prompts > 0:
-    exact_eval = EnumerableEvaluator(task, layout, graphdef, mesh,
+    exact_eval = EnumerableEvaluator(task, layout, sft.graphdef, mesh,
                                      batch_size=config.eval.exact_batch_size,
                                      max_prompts=config.eval.exact_prompts)
     exact_eval.set_reference(sft.params)
-  return Setup(mesh, arrays, graphdef, state, shardings, tx, sft, tok_spec, exact_eval)
+  return Setup(mesh, arrays, graphdef, state, shardings, adapted.tx, sft, tok_spec, exact_eval,
+               trainable=adapted.trainable, to_plain=adapted.export)
 
 
 def train_iterator(config, arrays):
@@ -126,13 +141,14 @@ def run(config, workdir: str) -> loop.LoopResult:
   s = prepare(config, workdir)
   result = loop.run(config=config, workdir=workdir, mesh=s.mesh, state=s.state,
                     state_shardings=s.shardings,
-                    train_step=dpo_steps.make_train_step(s.graphdef, s.tx, config.loss,
-                                                         config.data.prompt_len),
+                    train_step=dpo_steps.make_train_step(
+                        s.graphdef, s.tx, config.loss, config.data.prompt_len,
+                        microbatches=config.train.microbatches, trainable=s.trainable),
                     train_iter=train_iterator(config, s.arrays["train"]),
                     evaluate=make_evaluator(s.graphdef, s.arrays["test"], s.mesh, config,
-                                            s.exact_eval),
+                                            s.exact_eval, s.plain),
                     tokens_per_step=lambda b: int(b["chosen_mask"].sum() + b["rejected_mask"].sum()))
   if result.finished:
-    export.save(workdir, result.state.params, kind="lm", model_config=s.sft.model_config,
-                tokenizer=s.tok_spec)
+    export.save(workdir, s.plain(result.state.params), kind="lm",
+                model_config=s.sft.model_config, tokenizer=s.tok_spec)
   return result

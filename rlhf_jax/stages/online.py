@@ -9,6 +9,10 @@ One loop step is one RL iteration:
 The prompt stream's position and β are checkpointed together, so resume is exact. Metrics
 include the time of each phase and generated tokens/s; evaluation is exact on the enumerable
 world and greedy verifier accuracy on arithmetic.
+
+config.lora.rank > 0 trains LoRA adapters on the policy (`make_policy`); config.model.remat
+applies to the trained models; train.microbatches must be 1 (the update's minibatches play its
+part, train/rl_update.py). Exports are the plain LM (adapters merged).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from rlhf_jax.data import pipeline, tokenizer as tokenizer_lib
 from rlhf_jax.generation import SamplingConfig
 from rlhf_jax.rewards import functions as reward_fns
 from rlhf_jax.stages import common
-from rlhf_jax.train import export, kl_control, loop, rollout as rollout_lib
+from rlhf_jax.train import export, kl_control, lora, loop, precision, rollout as rollout_lib
 from rlhf_jax.train.enumerable_eval import EnumerableEvaluator
 
 
@@ -108,28 +112,50 @@ def setup(config, workdir: str) -> Setup:
                rm_graphdef)
 
 
-def make_evaluator(s: Setup, config, policy_of: Callable, policy_graphdef, stream: PromptStream):
-  """eval/* metrics: exact on the enumerable world, greedy verifier accuracy otherwise."""
+def make_policy(config, s: Setup, tx) -> lora.Adapted:
+  """The trained policy: the SFT model with the run's options (model.remat, not exported) and,
+  when config.lora.rank > 0, LoRA adapters on its frozen weights (train/lora.py). `export` maps
+  its parameters to the plain LM's (adapters merged); the reference stays `s.sft`."""
+  run_cfg = precision.apply_model_options(s.sft.model_config, config)
+  make_model = lambda rngs: export.make_model("lm", run_cfg, rngs)
+  return lora.adapt(config.lora, make_model, tx, s.sft.params, s.mesh, s.rules, config.seed)
+
+
+def check_no_microbatches(config, minibatches_field: str) -> None:
+  """Online RL has no gradient accumulation: `train.microbatches` must stay 1 (see rl_update.py)."""
+  k = int(config.train.microbatches)
+  if k != 1:
+    raise ValueError(f"{config.stage}: train.microbatches={k} is not supported by online RL (no "
+                     f"gradient accumulation); the update already takes one optimizer step per "
+                     f"minibatch of the rollout: raise {minibatches_field} (or lower "
+                     f"rl.prompts_per_step) to bound memory, and set train.microbatches=1")
+
+
+def make_evaluator(s: Setup, config, plain_of: Callable, stream: PromptStream):
+  """eval/* metrics of the plain policy `plain_of(state.params)` (what the stage exports: LoRA
+  adapters merged), with the SFT export's graphdef: exact on the enumerable world, greedy
+  verifier accuracy otherwise."""
   if config.task.name == "enumerable":
-    exact = EnumerableEvaluator(s.task, s.layout, policy_graphdef, s.mesh,
+    exact = EnumerableEvaluator(s.task, s.layout, s.sft.graphdef, s.mesh,
                                 batch_size=config.eval.exact_batch_size,
                                 max_prompts=config.eval.exact_prompts)
     exact.set_reference(s.sft.params)
-    return lambda state: exact.metrics(policy_of(state.params), beta=stream.kl_coef)
+    return lambda state: exact.metrics(plain_of(state.params), beta=stream.kl_coef)
 
   greedy = rollout_lib.make_generate_fn(
-      policy_graphdef, dataclasses.replace(s.sampling, greedy=True), group_size=1)
+      s.sft.graphdef, dataclasses.replace(s.sampling, greedy=True), group_size=1)
   texts = s.prompts["test"]
 
   def evaluate(state) -> dict:
     correct, n = 0.0, 0
+    policy = plain_of(state.params)
     for local in pipeline.eval_batches(s.prompt_arrays["test"],
                                        global_batch=config.rl.prompts_per_step,
                                        process_index=jax.process_index(),
                                        process_count=jax.process_count(),
                                        max_examples=config.train.eval_examples):
       g = loop.to_global(local, s.mesh)
-      _, _, out = greedy(policy_of(state.params), g["prompt_tokens"], g["prompt_mask"],
+      _, _, out = greedy(policy, g["prompt_tokens"], g["prompt_mask"],
                          jax.random.key(0))
       valid = rollout_lib.host_array(g["prompt_mask"]).sum(1) > 0
       index = rollout_lib.host_array(g["prompt_index"])
@@ -145,9 +171,14 @@ def make_evaluator(s: Setup, config, policy_of: Callable, policy_graphdef, strea
 
 def make_iteration(s: Setup, config, *, policy_graphdef, policy_of, critic_of, value_fn,
                    prepare_fn, update_fn, stream: PromptStream, group_size: int):
-  """The python step the loop calls: generate, score, reward, update, control β."""
+  """The python step the loop calls: generate, score, reward, update, control β.
+
+  The policy generates and is scored as trained (`policy_graphdef`, with LoRA adapters when
+  attached: generation applies them too), so the update's first ratio is exactly 1; the
+  reference is the SFT export (its own graphdef and parameters)."""
   generate_fn = rollout_lib.make_generate_fn(policy_graphdef, s.sampling, group_size=group_size)
-  score_fn = rollout_lib.make_score_fn(policy_graphdef, value_fn=value_fn,
+  score_fn = rollout_lib.make_score_fn(policy_graphdef, ref_graphdef=s.sft.graphdef,
+                                       value_fn=value_fn,
                                        rm_graphdef=s.rm_graphdef,
                                        rm_combine=config.reward.ensemble_combine,
                                        rm_lambda=config.reward.ensemble_lambda)

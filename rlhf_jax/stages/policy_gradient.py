@@ -2,6 +2,7 @@
 
 Selected by `config.pg.algorithm` (train/policy_gradient.py); the loop, rollouts, rewards and KL
 control are shared with PPO (stages/online.py). Produces `<workdir>/export` (kind "lm").
+config.lora.rank > 0: LoRA on the policy (stages/online.py `make_policy`), exported merged.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from rlhf_jax.stages import online
-from rlhf_jax.train import export, loop, optimizer as optimizer_lib, rl_update
+from rlhf_jax.train import loop, optimizer as optimizer_lib, rl_update
 from rlhf_jax.train import policy_gradient as pg, state as state_lib
 
 
@@ -33,21 +34,23 @@ def optimizer_steps(config) -> int:
 
 def build(config, s: online.Setup) -> online.Built:
   cfg = config.pg
+  online.check_no_microbatches(config, "pg.minibatches")
   tx = optimizer_lib.make_optimizer(config.optimizer, optimizer_steps(config))
-  make_model = lambda rngs: export.make_model("lm", s.sft.model_config, rngs)
-  graphdef, state, shardings = state_lib.init_state(make_model, tx, s.mesh, s.rules, config.seed,
-                                                    params=s.sft.params)
+  policy = online.make_policy(config, s, tx)
+  graphdef, state, shardings = state_lib.init_state(policy.make_model, policy.tx, s.mesh, s.rules,
+                                                    config.seed, params=policy.params)
   update = rl_update.make_update_fn(pg.make_loss_fn(graphdef, cfg, config.data.completion_len),
-                                    tx, num_epochs=cfg.epochs, num_minibatches=cfg.minibatches,
-                                    stop_kl=cfg.stop_kl or None)
+                                    policy.tx, num_epochs=cfg.epochs,
+                                    num_minibatches=cfg.minibatches, stop_kl=cfg.stop_kl or None,
+                                    trainable=policy.trainable)
   update_fn = jax.jit(update, out_shardings=(shardings, None), donate_argnums=0)
   stream = online.PromptStream(s.prompt_arrays["train"], config, config.kl.coef)
   iteration = online.make_iteration(
       s, config, policy_graphdef=graphdef, policy_of=lambda p: p, critic_of=lambda p: None,
       value_fn=None, prepare_fn=make_prepare_fn(cfg), update_fn=update_fn, stream=stream,
       group_size=cfg.group_size)
-  evaluate = online.make_evaluator(s, config, lambda p: p, graphdef, stream)
-  return online.Built(state, shardings, iteration, evaluate, stream, export_params=lambda p: p)
+  evaluate = online.make_evaluator(s, config, policy.export, stream)
+  return online.Built(state, shardings, iteration, evaluate, stream, export_params=policy.export)
 
 
 def run(config, workdir: str) -> loop.LoopResult:

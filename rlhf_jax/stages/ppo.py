@@ -4,34 +4,42 @@ The critic is a scalar model on its own backbone (initialised from the reward mo
 when the reward is learned and `critic.init_from_reward_model`, else from the SFT trunk) or a
 head on the policy's backbone (`critic.shared_backbone`). KL-shaped rewards, GAE, whitening and
 the clipped losses live in train/ppo.py; rollouts, rewards and KL control in stages/online.py.
+
+config.lora.rank > 0 puts LoRA on the policy only (stages/online.py `make_policy`): a separate
+critic trains in full; a shared-backbone critic trains its head and, through the shared trunk,
+the policy's adapters. The export is the plain policy LM (adapters merged).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import nnx
 
 from rlhf_jax import models
 from rlhf_jax.data import pipeline
 from rlhf_jax.parallel import sharding as sharding_lib
 from rlhf_jax.stages import common, online
-from rlhf_jax.train import export, loop, optimizer as optimizer_lib, ppo, rl_update
+from rlhf_jax.train import lora, loop, optimizer as optimizer_lib, ppo, precision, rl_update
 from rlhf_jax.train import state as state_lib
 
 FIELDS = ("prompt_tokens", "prompt_mask", "tokens", "mask", "old_logp", "values")
 
 
 def init_critic(config, s: online.Setup):
-  """(critic graphdef for scoring, critic params, their shardings)."""
-  cfg = s.sft.model_config
-  scalar_graphdef, scalar_abstract = state_lib.abstract_model(
-      lambda r: models.ScalarModel(cfg, rngs=r))
+  """(critic graphdef for scoring, critic params, their shardings).
+
+  With a shared backbone the critic is the head alone and its graphdef a ScalarModel carrying
+  the policy's LoRA adapters (when config.lora.rank > 0), since it runs on the policy's trunk."""
+  cfg = precision.apply_model_options(s.sft.model_config, config)  # + remat
+  make_scalar = lambda r: models.ScalarModel(cfg, rngs=r)
+  scalar_graphdef, scalar_abstract = state_lib.abstract_model(make_scalar)
   scalar_sh = sharding_lib.param_shardings(scalar_abstract, s.mesh, s.rules)
-  _, fresh = state_lib.init_params(lambda r: models.ScalarModel(cfg, rngs=r), s.mesh, s.rules,
-                                   config.seed + 1)
+  _, fresh = state_lib.init_params(make_scalar, s.mesh, s.rules, config.seed + 1)
   if config.critic.shared_backbone:
+    if lora.enabled(config.lora):
+      lc = config.lora
+      scalar_graphdef, _ = state_lib.abstract_model(lora.with_adapters(
+          make_scalar, rank=int(lc.rank), alpha=float(lc.alpha), targets=lc.targets))
     return scalar_graphdef, {"head": fresh["head"]}, {"head": scalar_sh["head"]}
   if config.critic.init_from_reward_model and s.rm is not None:
     backbone = jax.tree.map(lambda x: x[0], s.rm.params["backbone"])  # member 0
@@ -56,21 +64,28 @@ def make_prepare_fn(cfg, with_ptx: bool):
 
 def build(config, s: online.Setup, workdir: str) -> online.Built:
   cfg = config.ppo
-  policy_graphdef, policy_abstract = state_lib.abstract_model(
-      lambda r: export.make_model("lm", s.sft.model_config, r))
+  online.check_no_microbatches(config, "ppo.minibatches")
+  steps = config.train.num_steps * cfg.epochs * cfg.minibatches
+  base_tx = optimizer_lib.make_optimizer(config.optimizer, steps)
+  policy = online.make_policy(config, s, base_tx)
+  policy_graphdef, policy_abstract = state_lib.abstract_model(policy.make_model)
   policy_sh = sharding_lib.param_shardings(policy_abstract, s.mesh, s.rules)
   critic_graphdef, critic_params, critic_sh = init_critic(config, s)
-  steps = config.train.num_steps * cfg.epochs * cfg.minibatches
-  tx = optimizer_lib.make_optimizer(config.optimizer, steps)
+  trainable, tx = None, base_tx
+  if lora.enabled(config.lora):  # the policy's adapters and the whole critic train
+    tx = lora.freeze_optimizer(base_tx, also_train=("critic",))
+    trainable = {"policy": policy.trainable,
+                 "critic": jax.tree.map(lambda _: True, critic_params)}
   state, shardings = state_lib.state_from_params(
-      {"policy": s.sft.params, "critic": critic_params},
+      {"policy": policy.params, "critic": critic_params},
       {"policy": policy_sh, "critic": critic_sh}, tx, s.mesh)
 
   value_fn = ppo.make_value_fn(critic_graphdef, shared_backbone=config.critic.shared_backbone)
   with_ptx = bool(cfg.ptx_coef)
   update = rl_update.make_update_fn(
       ppo.make_loss_fn(policy_graphdef, value_fn, cfg, config.data.prompt_len), tx,
-      num_epochs=cfg.epochs, num_minibatches=cfg.minibatches, stop_kl=cfg.stop_kl or None)
+      num_epochs=cfg.epochs, num_minibatches=cfg.minibatches, stop_kl=cfg.stop_kl or None,
+      trainable=trainable)
   update_fn = jax.jit(update, out_shardings=(shardings, None), donate_argnums=0)
   prepare_fn = make_prepare_fn(cfg, with_ptx)
   if with_ptx:
@@ -80,9 +95,9 @@ def build(config, s: online.Setup, workdir: str) -> online.Built:
       s, config, policy_graphdef=policy_graphdef, policy_of=lambda p: p["policy"],
       critic_of=lambda p: p["critic"], value_fn=value_fn, prepare_fn=prepare_fn,
       update_fn=update_fn, stream=stream, group_size=1)
-  evaluate = online.make_evaluator(s, config, lambda p: p["policy"], policy_graphdef, stream)
-  return online.Built(state, shardings, iteration, evaluate, stream,
-                      export_params=lambda p: p["policy"])
+  export_params = lambda p: policy.export(p["policy"])
+  evaluate = online.make_evaluator(s, config, export_params, stream)
+  return online.Built(state, shardings, iteration, evaluate, stream, export_params=export_params)
 
 
 def run(config, workdir: str) -> loop.LoopResult:

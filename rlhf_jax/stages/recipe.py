@@ -17,7 +17,6 @@ import os
 import jax
 
 from rlhf_jax import stages, validate
-from rlhf_jax.train import export
 
 
 def _set(config, dotted: str, value) -> None:

@@ -3,6 +3,12 @@
 Backbones start from `config.init.from_workdir` (an SFT export) when given; heads start from
 per-member seeds. Produces `<workdir>/export` (kind "scalar", extra: ensemble_size and the
 optional normalisation so that reference-policy samples score mean 0, std 1).
+
+config.lora.rank > 0: each member trains LoRA adapters on its (frozen) backbone plus its whole
+scalar head (train/lora.py); the export has the adapters merged in, i.e. the plain scalar model.
+config.train.microbatches: gradient accumulation (train/microbatch.py). config.model.remat:
+per-block rematerialisation in training, also when the backbone comes from an export (not
+exported).
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ import numpy as np
 from rlhf_jax.data import pipeline, tokenizer as tokenizer_lib
 from rlhf_jax.rewards import learned
 from rlhf_jax.stages import common
-from rlhf_jax.train import export, loop, optimizer as optimizer_lib, reward_model as rm_steps
-from rlhf_jax.train import state as state_lib
+from rlhf_jax.train import export, lora, loop, optimizer as optimizer_lib, precision
+from rlhf_jax.train import reward_model as rm_steps, state as state_lib
 
 
 def with_index(arrays: dict) -> dict:
@@ -62,15 +68,19 @@ def run(config, workdir: str) -> loop.LoopResult:
       common.records(config, workdir, "preference", "test"), layout, name="preference/test")
 
   model_cfg = common.model_config(config, tok.vocab_size)
-  make_model = lambda rngs: export.make_model("scalar", model_cfg, rngs)
+  run_cfg = precision.apply_model_options(model_cfg, config)  # + remat (not exported)
+  make_model = lambda rngs: export.make_model("scalar", run_cfg, rngs)
   shared = None
   if config.init.from_workdir:
     lm = export.load(config.init.from_workdir, mesh, rules, kind="lm").params
     shared = {"backbone": {k: v for k, v in lm.items() if k != "lm_head"}}
   rc = config.reward
   tx = optimizer_lib.make_optimizer(config.optimizer, config.train.num_steps)
+  # LoRA: adapters on the backbone, the fresh head trained in full; members stacked as usual.
+  make_adapted, tx, trainable = lora.pieces(config.lora, make_model, tx, also_train=("head",))
+  to_plain = lora.make_merge(config.lora, make_model, mesh, rules, stacked=True)
   seeds = [config.seed * 1000 + e for e in range(rc.ensemble_size)]
-  graphdef, state, shardings = state_lib.init_ensemble_state(make_model, tx, mesh, rules, seeds,
+  graphdef, state, shardings = state_lib.init_ensemble_state(make_adapted, tx, mesh, rules, seeds,
                                                              shared=shared)
   logging.info("reward model: %d member(s), %s parameters", rc.ensemble_size,
                f"{state_lib.param_count(state.params):,}")
@@ -78,7 +88,8 @@ def run(config, workdir: str) -> loop.LoopResult:
   train_step = rm_steps.make_train_step(
       graphdef, tx, loss_name=config.loss.name,
       loss_kwargs={"margin": config.loss.margin, "centering_coef": config.loss.centering_coef},
-      ensemble_size=rc.ensemble_size, data_fraction=rc.data_fraction, seed=config.seed)
+      ensemble_size=rc.ensemble_size, data_fraction=rc.data_fraction, seed=config.seed,
+      microbatches=config.train.microbatches, trainable=trainable)
   train_iter = iter(pipeline.train_dataset(
       with_index(train_arrays), global_batch=config.data.batch_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count()))
@@ -87,13 +98,15 @@ def run(config, workdir: str) -> loop.LoopResult:
                     evaluate=make_evaluator(graphdef, eval_arrays, mesh, config),
                     tokens_per_step=lambda b: int(b["chosen_mask"].sum() + b["rejected_mask"].sum()))
   if result.finished:
+    params = to_plain(result.state.params)  # adapters merged: the plain scalar model
+    plain_graphdef, _ = state_lib.abstract_model(make_model)
     extra = {"ensemble_size": rc.ensemble_size}
     if rc.normalize:
       sft_arrays, _ = pipeline.prepare_sft(common.records(config, workdir, "sft", "test"), layout,
                                            name="normalization")
-      extra["normalization"] = reference_normalization(graphdef, result.state.params, sft_arrays,
-                                                       mesh, config)
+      extra["normalization"] = reference_normalization(plain_graphdef, params, sft_arrays, mesh,
+                                                       config)
       logging.info("reward normalization: %s", extra["normalization"])
-    export.save(workdir, result.state.params, kind="scalar", model_config=model_cfg,
-                tokenizer=tok_spec, extra=extra)
+    export.save(workdir, params, kind="scalar", model_config=model_cfg, tokenizer=tok_spec,
+                extra=extra)
   return result

@@ -1,6 +1,11 @@
 """SFT stage: wire a config to the loop — task data, tokenizer, model, mesh, optimizer, steps.
 
-Produces `<workdir>/export` (kind "lm"), which later stages start from."""
+Starts from scratch, from `init.from_workdir`'s export, or from the Hugging Face checkpoint at
+`model.hf_path` (its shape, weights and tokenizer; stages/common.py). Produces `<workdir>/export`
+(kind "lm"), which later stages start from. `data.packing` packs the training examples several
+to a row of prompt_len + completion_len tokens (data/packing.py); `data.length_buckets` cuts each
+training batch to a bucket width (data/pipeline.py). Evaluation always runs on the unpacked,
+full-width held-out split."""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import logging
 import jax
 import numpy as np
 
-from rlhf_jax.data import pipeline, tokenizer as tokenizer_lib
+from rlhf_jax.data import packing, pipeline, tokenizer as tokenizer_lib
 from rlhf_jax.stages import common
 from rlhf_jax.train import aot, export, lora, loop, optimizer as optimizer_lib, precision
 from rlhf_jax.train import sft as sft_steps, state as state_lib
@@ -49,10 +54,10 @@ def read_jsonl_records(path: str) -> list[dict]:
 
 
 def init_lm(config, mesh, rules, make_model):
-  """Parameters from config.init.from_workdir's export, or None for a fresh initialisation."""
-  if not config.init.from_workdir:
-    return None
-  return export.load(config.init.from_workdir, mesh, rules, kind="lm").params
+  """Parameters from config.init.from_workdir's export or the config.model.hf_path checkpoint
+  (sharded on `mesh`), or None for a fresh initialisation (common.init_lm_params)."""
+  del make_model  # the layout is Transformer(common.model_config(...)) in every case
+  return common.init_lm_params(config, mesh, rules)
 
 
 def run(config, workdir: str) -> loop.LoopResult:
@@ -66,6 +71,10 @@ def run(config, workdir: str) -> loop.LoopResult:
   else:
     train_records, name = common.records(config, workdir, "sft", "train"), config.task.name
   train_arrays, _ = pipeline.prepare_sft(train_records, layout, name=f"{name}/train")
+  if config.data.packing:
+    train_arrays, _ = packing.pack_sft(train_arrays, layout.prompt_len + layout.completion_len,
+                                       name=f"{name}/train")
+  buckets = tuple(config.data.length_buckets)
   eval_arrays, _ = pipeline.prepare_sft(common.records(config, workdir, "sft", "test"), layout,
                                         name=f"{config.task.name}/test")
 
@@ -82,14 +91,16 @@ def run(config, workdir: str) -> loop.LoopResult:
   train_step = sft_steps.make_train_step(graphdef, adapted.tx,
                                          microbatches=config.train.microbatches,
                                          trainable=adapted.trainable)
-  jit_step = not config.train.aot_memory
-  if config.train.aot_memory:  # the loop runs the executable compiled here
-    train_step, _, _ = aot.log_train_step_memory(train_step, state, shardings, train_arrays,
-                                                 config.data.batch_size, mesh)
+  jit_step = not config.train.aot_memory or bool(buckets)
+  if config.train.aot_memory:  # the loop runs the executable compiled here (full width only)
+    compiled, _, _ = aot.log_train_step_memory(train_step, state, shardings, train_arrays,
+                                               config.data.batch_size, mesh)
+    train_step = train_step if buckets else compiled
 
   train_iter = iter(pipeline.train_dataset(
       train_arrays, global_batch=config.data.batch_size, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count()))
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      length_buckets=buckets))
   result = loop.run(config=config, workdir=workdir, mesh=mesh, state=state,
                     state_shardings=shardings,
                     train_step=train_step, train_iter=train_iter,

@@ -28,6 +28,10 @@ class ArithmeticTask:
   test_fraction: float = 0.1
   seed: int = 0
 
+  # Every character of prompts and answers, for `tokenizer.kind = "char"` (one token per digit:
+  # the model sees the digits it adds, unlike a learned subword vocabulary of whole numbers).
+  alphabet: str = dataclasses.field(default="0123456789+=-", init=False)
+
   def __post_init__(self):
     if self.max_operand < 1:
       raise ValueError(f"ArithmeticTask.max_operand must be >= 1, got {self.max_operand}")

@@ -55,7 +55,8 @@ def abstract_train_state(make_model: Callable, tx: optax.GradientTransformation,
 
 def abstract_batch(shapes: Mapping[str, tuple], mesh, dtype=jnp.int32) -> dict:
   """{name: ShapeDtypeStruct(global shape, dtype)} split over the data axes, as loop.to_global."""
-  return {k: jax.ShapeDtypeStruct(tuple(s), dtype, sharding=sharding_lib.batch_sharding(mesh, len(s)))
+  return {k: jax.ShapeDtypeStruct(tuple(s), dtype,
+                                  sharding=sharding_lib.batch_sharding(mesh, len(s)))
           for k, s in shapes.items()}
 
 

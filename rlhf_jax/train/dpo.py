@@ -3,17 +3,17 @@
 Per pair: sequence log-probs log π(y|x) = Σ_t m_t log π(y_t | x, y_<t) of chosen and rejected
 under the policy (and, precomputed once, under the frozen reference); the configured loss maps
 them to a per-pair loss, averaged over the batch. Implicit rewards β·(log π − log π_ref) give the
-accuracy and margin metrics (Rafailov et al. 2023).
+accuracy and margin metrics (Rafailov et al. 2023). The train step accumulates gradients over
+`train.microbatches` micro-batches and, with LoRA (train/lora.py), trains the adapters only.
 """
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from rlhf_jax import losses
 from rlhf_jax.generation import scoring
-from rlhf_jax.train.state import make_gradient_step
+from rlhf_jax.train import microbatch
 
 REFERENCE_FREE = ("simpo", "orpo")
 
@@ -60,15 +60,26 @@ def pair_metrics(beta, pc, pr, rc, rr):
           "logps/chosen": jnp.mean(pc), "logps/rejected": jnp.mean(pr)}
 
 
-def make_train_step(graphdef, tx, loss_cfg, prompt_len: int):
-  def objective(params, batch):
-    pc, pr, lc, lr = pair_logps(graphdef, params, batch, prompt_len)
-    rc, rr = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
-    loss_B = pair_loss(loss_cfg, pc, pr, rc, rr, lc, lr)
-    loss = jnp.mean(loss_B)
-    return loss, {"loss": loss, **pair_metrics(loss_cfg.beta, pc, pr, rc, rr)}
+def make_train_step(graphdef, tx, loss_cfg, prompt_len: int, *, microbatches: int = 1,
+                    trainable=None):
+  """`train_step(state, batch, rng) -> (state, metrics)` on the batch-mean pair loss.
 
-  return make_gradient_step(objective, tx)
+  microbatches = k: the pairs are processed in k micro-batches (train/microbatch.py) whose summed
+    losses, divided by the whole batch's pair count, add up to the full-batch mean (and gradient).
+  trainable: a pytree of bools like the params (train/lora.py's mask), or None (all). Frozen
+    leaves get stop_gradient (exact zero gradients).
+  """
+  def objective(params, micro, batch):
+    num_pairs = batch["chosen_tokens"].shape[0]
+    pc, pr, lc, lr = pair_logps(graphdef, params, micro, prompt_len)
+    rc, rr = micro["ref_chosen_logps"], micro["ref_rejected_logps"]
+    loss = jnp.sum(pair_loss(loss_cfg, pc, pr, rc, rr, lc, lr)) / num_pairs
+    # pair_metrics are means over this micro-batch: weighted by its share, they add up.
+    share = pc.shape[0] / num_pairs
+    metrics = {k: v * share for k, v in pair_metrics(loss_cfg.beta, pc, pr, rc, rr).items()}
+    return loss, {"loss": loss, **metrics}
+
+  return microbatch.make_step(objective, tx, microbatches=microbatches, trainable=trainable)
 
 
 def make_reference_step(graphdef, prompt_len: int):

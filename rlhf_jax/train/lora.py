@@ -98,7 +98,8 @@ def _union(a: dict, b: dict) -> dict:
   return out
 
 
-def init_params(make_adapted: Callable, base_params: Optional[dict], mesh, rules, seed: int) -> dict:
+def init_params(make_adapted: Callable, base_params: Optional[dict], mesh, rules,
+                seed: int) -> dict:
   """Sharded parameters of the adapted model: `base_params` (a pure dict of the plain model, e.g.
   restored from an export) plus freshly initialised adapters; all fresh when base_params is None.
   Only the adapters are computed (the base's initialisation is dead code under jit)."""
@@ -136,6 +137,22 @@ def pieces(lora_cfg, make_model: Callable, tx: optax.GradientTransformation, *,
           trainable_mask(nnx.to_pure_dict(abstract), also_train))
 
 
+def make_merge(lora_cfg, make_model: Callable, mesh, rules, *, stacked: bool = False
+               ) -> Callable[[Any], Any]:
+  """Jitted `adapted params -> the plain model's params` (models/lora.py `merge`), laid out in
+  the plain model's shardings; the identity when LoRA is off. `stacked`: parameters of an
+  ensemble stacked on a leading axis [E, ...] (rewards/learned.py), merged member by member."""
+  if not enabled(lora_cfg):
+    return lambda p: p
+  _, plain = state_lib.abstract_model(make_model)
+  plain_sh = sharding_lib.param_shardings(plain, mesh, rules)
+  alpha = float(lora_cfg.alpha)
+  merge = lambda p: lora_lib.merge(p, alpha=alpha)
+  if stacked:
+    return jax.jit(jax.vmap(merge), out_shardings=state_lib.stacked(plain_sh, mesh))
+  return jax.jit(merge, out_shardings=plain_sh)
+
+
 def adapt(lora_cfg, make_model: Callable, tx: optax.GradientTransformation,
           params: Optional[dict], mesh, rules, seed: int, *, also_train: Iterable[str] = ()
           ) -> Adapted:
@@ -143,9 +160,5 @@ def adapt(lora_cfg, make_model: Callable, tx: optax.GradientTransformation,
   if not enabled(lora_cfg):
     return Adapted(make_model, tx, params, None, lambda p: p)
   make_adapted, frozen_tx, mask = pieces(lora_cfg, make_model, tx, also_train=also_train)
-  _, plain = state_lib.abstract_model(make_model)
-  plain_sh = sharding_lib.param_shardings(plain, mesh, rules)
-  alpha = float(lora_cfg.alpha)
-  merge = jax.jit(lambda p: lora_lib.merge(p, alpha=alpha), out_shardings=plain_sh)
   return Adapted(make_adapted, frozen_tx, init_params(make_adapted, params, mesh, rules, seed),
-                 mask, merge)
+                 mask, make_merge(lora_cfg, make_model, mesh, rules))

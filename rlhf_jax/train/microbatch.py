@@ -17,10 +17,11 @@ each device's rows (B / data shards) are divisible by k.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import optax
 
 
 def split(batch: Any, num_microbatches: int) -> Any:
@@ -60,3 +61,34 @@ def accumulate(sum_fn: Callable[[Any, Any], tuple[Any, Any]], params: Any, batch
 
   total, _ = jax.lax.scan(body, zeros, micro)
   return total
+
+
+def make_step(objective: Callable[[Any, Any, Any], tuple[Any, dict]],
+              tx: optax.GradientTransformation, *, microbatches: int = 1,
+              trainable: Optional[Any] = None) -> Callable:
+  """`train_step(state, batch, rng) -> (state, metrics)`: one optimizer step on the gradient of
+  `objective(params, micro_batch, batch) -> (summed loss, additive metrics)` accumulated over
+  `microbatches` micro-batches (`batch` is the whole batch, for counts such as N above).
+
+  trainable: a pytree of bools like the params (train/lora.py's mask), or None (all). Frozen
+    leaves get stop_gradient, so their gradients are exact zeros and the optimizer (masked)
+    leaves them as they are.
+  metrics: the accumulated sums plus `grad_norm`.
+  """
+  from rlhf_jax.train import lora, state as state_lib  # pylint: disable=g-import-not-at-top
+
+  def train_step(state, batch, rng):
+    del rng  # these objectives are deterministic given the batch
+
+    def grads_and_sums(params, micro):
+      f = lambda p: objective(lora.freeze(p, trainable), micro, batch)
+      (_, sums), grads = jax.value_and_grad(f, has_aux=True)(params)
+      return grads, sums
+
+    grads, metrics = accumulate(grads_and_sums, state.params, batch, microbatches)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
+    return state_lib.TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step

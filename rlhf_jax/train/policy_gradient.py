@@ -13,7 +13,6 @@ means; Dr. GRPO: token sums / (B·T); DAPO: token mean). GRPO puts the KL in the
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from rlhf_jax import losses

@@ -12,7 +12,6 @@ The critic is a scalar head on its own backbone (`critic.shared_backbone=False`,
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from rlhf_jax import losses

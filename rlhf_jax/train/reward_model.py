@@ -5,7 +5,9 @@ Per pair and member e, with r = the member's last-token score (rewards/learned.p
 where ℓ is the configured reward loss (`bradley_terry`: −log σ(r_w − r_l − m) + c·(r_w + r_l)²,
 losses/reward.py) and w_eb ∈ {0, 1} keeps a member-specific random subset of the data
 (fraction `data_fraction`; 1.0 = every member sees every pair and members differ by seed only).
-The members' losses are summed, so each member follows its own gradient.
+The members' losses are summed, so each member follows its own gradient. With LoRA
+(train/lora.py) only the adapters and the scalar head train; `train.microbatches` accumulates
+gradients over micro-batches (train/microbatch.py) with the same result as the full batch.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import jax.numpy as jnp
 
 from rlhf_jax import losses
 from rlhf_jax.rewards import learned
-from rlhf_jax.train.state import make_gradient_step
+from rlhf_jax.train import microbatch
 
 
 def pair_scores(graphdef, stacked_params, batch):
@@ -38,21 +40,35 @@ def member_weights(index_B: jax.Array, ensemble_size: int, data_fraction: float,
 
 
 def make_train_step(graphdef, tx, *, loss_name: str, loss_kwargs: dict, ensemble_size: int,
-                    data_fraction: float, seed: int):
+                    data_fraction: float, seed: int, microbatches: int = 1, trainable=None):
+  """`train_step(state, batch, rng) -> (state, metrics)` on the summed member losses.
+
+  microbatches = k: the pairs are processed in k micro-batches (train/microbatch.py); each member's
+    weight total sum_b w_eb is counted over the whole batch first, so the accumulated gradient
+    equals the full-batch one.
+  trainable: a pytree of bools like one member's params (train/lora.py's mask: adapters and the
+    head), or None (all). Frozen leaves get stop_gradient (exact zero gradients).
+  metrics: loss (mean over members of loss_e), accuracy, margin and reward_mean (means over
+    members and pairs), grad_norm.
+  """
   loss_fn = losses.get(loss_name)
 
-  def objective(params, batch):
-    chosen_ExB, rejected_ExB = pair_scores(graphdef, params, batch)
+  def objective(params, micro, batch):
+    total_w_E = jnp.sum(member_weights(batch["index"], ensemble_size, data_fraction, seed), 1)
+    num_pairs = batch["index"].shape[0]
+    chosen_ExB, rejected_ExB = pair_scores(graphdef, params, micro)
     per_pair_ExB = jax.vmap(lambda c, r: loss_fn(c, r, **loss_kwargs))(chosen_ExB, rejected_ExB)
-    w_ExB = member_weights(batch["index"], ensemble_size, data_fraction, seed)
-    loss_E = jnp.sum(per_pair_ExB * w_ExB, axis=1) / jnp.maximum(jnp.sum(w_ExB, axis=1), 1.0)
-    accuracy = jnp.mean((chosen_ExB > rejected_ExB).astype(jnp.float32))
-    metrics = {"loss": jnp.mean(loss_E), "accuracy": accuracy,
-               "margin": jnp.mean(chosen_ExB - rejected_ExB),
-               "reward_mean": jnp.mean(0.5 * (chosen_ExB + rejected_ExB))}
-    return jnp.sum(loss_E), metrics
+    w_ExB = member_weights(micro["index"], ensemble_size, data_fraction, seed)
+    loss_E = jnp.sum(per_pair_ExB * w_ExB, axis=1) / jnp.maximum(total_w_E, 1.0)
+    # Sums over this micro-batch, divided by the whole batch's counts: they add up to means.
+    denom = float(ensemble_size * num_pairs)
+    sums = {"loss": jnp.sum(loss_E) / ensemble_size,
+            "accuracy": jnp.sum((chosen_ExB > rejected_ExB).astype(jnp.float32)) / denom,
+            "margin": jnp.sum(chosen_ExB - rejected_ExB) / denom,
+            "reward_mean": jnp.sum(0.5 * (chosen_ExB + rejected_ExB)) / denom}
+    return jnp.sum(loss_E), sums
 
-  return make_gradient_step(objective, tx)
+  return microbatch.make_step(objective, tx, microbatches=microbatches, trainable=trainable)
 
 
 def make_eval_step(graphdef):

@@ -5,6 +5,9 @@ Early stop (PPO, as in Stable-Baselines3): once a minibatch's approximate KL bet
 the rollout policy exceeds `stop_kl`, the remaining minibatches of the update are skipped (their
 parameter and optimizer updates are discarded), so each call compiles once whatever happens.
 Metrics are means over the minibatches that ran.
+
+There is no gradient accumulation (`train.microbatches`) here: the minibatches already bound the
+activation memory of one optimizer step (rows / num_minibatches), at the price of more steps.
 """
 
 from __future__ import annotations
@@ -15,12 +18,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from rlhf_jax.train import lora
 from rlhf_jax.train.state import TrainState
 
 
 def make_update_fn(loss_fn: Callable, tx: optax.GradientTransformation, *, num_epochs: int,
-                   num_minibatches: int, stop_kl: Optional[float] = None) -> Callable:
-  """`loss_fn(params, minibatch) -> (loss, metrics)`; returns `update(state, batch, rng)`."""
+                   num_minibatches: int, stop_kl: Optional[float] = None,
+                   trainable=None) -> Callable:
+  """`loss_fn(params, minibatch) -> (loss, metrics)`; returns `update(state, batch, rng)`.
+
+  trainable: a pytree of bools like the params (train/lora.py's mask), or None (all); frozen
+  leaves get stop_gradient, so their weight gradients are never computed."""
+  frozen_loss_fn = lambda params, mb: loss_fn(lora.freeze(params, trainable), mb)
 
   def update(state: TrainState, batch, rng):
     b = jax.tree.leaves(batch)[0].shape[0]
@@ -35,7 +44,7 @@ def make_update_fn(loss_fn: Callable, tx: optax.GradientTransformation, *, num_e
 
       def minibatch(carry, mb):
         state, stopped = carry
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, mb)
+        (_, metrics), grads = jax.value_and_grad(frozen_loss_fn, has_aux=True)(state.params, mb)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         keep = jnp.logical_not(stopped)

@@ -43,17 +43,20 @@ def make_generate_fn(policy_graphdef, sampling: SamplingConfig, *, group_size: i
   return jax.jit(gen)
 
 
-def make_score_fn(policy_graphdef, *, value_fn: Optional[Callable] = None, rm_graphdef=None,
-                  rm_combine: str = "mean", rm_lambda: float = 0.0):
+def make_score_fn(policy_graphdef, *, ref_graphdef=None, value_fn: Optional[Callable] = None,
+                  rm_graphdef=None, rm_combine: str = "mean", rm_lambda: float = 0.0):
   """Jitted `(policy_params, ref_params, critic_params, rm, prompt_tokens, prompt_mask, tokens,
   mask) -> dict(old_logp, ref_logp, values, rm_scores)`.
 
-  value_fn(critic_params, policy_params, *rows) -> values_BxT (train/ppo.py); rm is a
-  RewardModel or None.
+  ref_graphdef: the reference's model when it differs from the policy's (a LoRA policy has
+  adapters, its frozen reference none); default policy_graphdef. value_fn(critic_params,
+  policy_params, *rows) -> values_BxT (train/ppo.py); rm is a RewardModel or None.
   """
+  ref_graphdef = policy_graphdef if ref_graphdef is None else ref_graphdef
+
   def score(policy_params, ref_params, critic_params, rm, *rows):
     old = score_tokens(policy_graphdef, policy_params, *rows).logp_BxT
-    ref = score_tokens(policy_graphdef, ref_params, *rows).logp_BxT
+    ref = score_tokens(ref_graphdef, ref_params, *rows).logp_BxT
     values = (value_fn(critic_params, policy_params, *rows) if value_fn is not None
               else jnp.zeros_like(old))
     if rm is not None:

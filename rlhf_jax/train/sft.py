@@ -3,26 +3,42 @@
   loss = sum_{b,t} m_bt * -log p(y_b,t+1 | y_b,<=t) / sum_{b,t} m_bt
 where m marks completion tokens as targets. Steps are pure functions of (state, batch, rng);
 `loop.py` jits them with explicit shardings.
+
+Packed batches (data/packing.py; they carry `segment_ids` and `positions`) run the model with
+same-segment attention at the packed positions, and a target counts only when it is in the same
+segment as the token predicting it: m_bt = c_b,t+1 * [seg_b,t+1 = seg_b,t], so no example's last
+token is trained to predict the next example's first. Batches of any width (length buckets,
+data/pipeline.py) work unchanged.
 """
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
 from rlhf_jax.losses import sft
-from rlhf_jax.train import lora, microbatch
-from rlhf_jax.train.state import TrainState
+from rlhf_jax.train import microbatch
+
+
+def target_mask(batch):
+  """[B, S-1] float32: m_bt = c_b,t+1, times [seg_b,t+1 = seg_b,t] for packed batches."""
+  mask_BxT = batch["completion_mask"][:, 1:].astype(jnp.float32)
+  if "segment_ids" in batch:
+    seg_BxS = batch["segment_ids"]
+    mask_BxT = mask_BxT * (seg_BxS[:, 1:] == seg_BxS[:, :-1]).astype(jnp.float32)
+  return mask_BxT
 
 
 def shifted(graphdef, params, batch):
   """(logits [B, S-1, V], targets [B, S-1], target mask [B, S-1]) for next-token prediction."""
   model = nnx.merge(graphdef, params)
-  logits_BxSxV = model(batch["tokens"], mask_BxS=batch["mask"])
-  return (logits_BxSxV[:, :-1], batch["tokens"][:, 1:],
-          batch["completion_mask"][:, 1:].astype(jnp.float32))
+  if "segment_ids" in batch:  # packed rows (data/packing.py)
+    logits_BxSxV = model(batch["tokens"], mask_BxS=batch["mask"],
+                         positions_BxS=batch["positions"], segment_ids_BxS=batch["segment_ids"])
+  else:
+    logits_BxSxV = model(batch["tokens"], mask_BxS=batch["mask"])
+  return logits_BxSxV[:, :-1], batch["tokens"][:, 1:], target_mask(batch)
 
 
 def sft_objective(graphdef, params, batch, *, num_tokens=None):
@@ -48,22 +64,10 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, microbatches:
   trainable: a pytree of bools like the params (e.g. train/lora.py's mask), or None (all). Frozen
     leaves get no gradient computation (stop_gradient: their gradients are exact zeros).
   """
-  def train_step(state: TrainState, batch, rng):
-    del rng  # SFT is deterministic given the batch
-    num_tokens = jnp.sum(batch["completion_mask"][:, 1:].astype(jnp.float32))
+  def objective(params, micro, batch):
+    return sft_objective(graphdef, params, micro, num_tokens=jnp.sum(target_mask(batch)))
 
-    def grads_and_sums(params, micro):
-      def objective(p):
-        return sft_objective(graphdef, lora.freeze(p, trainable), micro, num_tokens=num_tokens)
-      (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(params)
-      return grads, metrics
-
-    grads, metrics = microbatch.accumulate(grads_and_sums, state.params, batch, microbatches)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
-  return train_step
+  return microbatch.make_step(objective, tx, microbatches=microbatches, trainable=trainable)
 
 
 def make_eval_step(graphdef):

@@ -43,12 +43,19 @@ def state_shardings(abstract_params, tx: optax.GradientTransformation, mesh, rul
   return shardings_for_params(nnx.to_pure_dict(abstract_params), param_sh, tx, mesh)
 
 
+def _masked(x) -> bool:
+  return isinstance(x, optax.MaskedNode)
+
+
 def shardings_for_params(pure_params, param_sh, tx, mesh) -> TrainState:
-  """TrainState shardings given the parameters' (abstract) values and shardings."""
+  """TrainState shardings given the parameters' (abstract) values and shardings.
+
+  Optimizer moments take their parameter's sharding; masked optimizers (multi_transform /
+  masked, e.g. a frozen LoRA base) hold optax.MaskedNode for frozen leaves, kept as is."""
   abstract_opt = jax.eval_shape(tx.init, pure_params)
   repl = sharding_lib.replicated(mesh)
-  opt_sh = optax.tree_map_params(tx, lambda _, sh: sh, abstract_opt, param_sh,
-                                 transform_non_params=lambda _: repl)
+  opt_sh = optax.tree_map_params(tx, lambda v, sh: v if _masked(v) else sh, abstract_opt,
+                                 param_sh, transform_non_params=lambda _: repl, is_leaf=_masked)
   return TrainState(step=repl, params=param_sh, opt_state=opt_sh)
 
 
@@ -93,11 +100,20 @@ def stacked(shardings, mesh):
   return jax.tree.map(lambda s: NamedSharding(mesh, P(None, *s.spec)), shardings)
 
 
+def overlay(base: dict, top: dict) -> dict:
+  """Nested dict `base` with every leaf that `top` has replaced by `top`'s."""
+  out = dict(base)
+  for k, v in top.items():
+    out[k] = overlay(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+  return out
+
+
 def init_ensemble_state(make_model, tx, mesh, rules, seeds, *, shared=None):
   """(graphdef, state, shardings) for E = len(seeds) models stacked on a leading axis.
 
-  Member e is initialised from seed e; `shared` (a pure dict of top-level subtrees, e.g.
-  {"backbone": lm_params}) then overwrites those subtrees in every member.
+  Member e is initialised from seed e; `shared` (a pure dict of subtrees, e.g.
+  {"backbone": lm_params}) then overwrites those leaves in every member. Leaves it does not name
+  keep their fresh values (e.g. LoRA adapters attached inside a shared backbone, train/lora.py).
   """
   graphdef, abstract = abstract_model(make_model)
   member_sh = sharding_lib.param_shardings(abstract, mesh, rules)
@@ -108,25 +124,12 @@ def init_ensemble_state(make_model, tx, mesh, rules, seeds, *, shared=None):
     def one(seed):
       params = nnx.to_pure_dict(nnx.state(make_model(nnx.Rngs(params=jax.random.key(seed))),
                                           nnx.Param))
-      return {**params, **(shared_params or {})}
+      return overlay(params, shared_params or {})
     return jax.vmap(one)(seeds_E)
 
   params = jax.jit(init, out_shardings=param_sh)(shared)
   state, shardings = state_from_params(params, param_sh, tx, mesh)
   return graphdef, state, shardings
-
-
-def make_gradient_step(objective, tx: optax.GradientTransformation):
-  """`train_step(state, batch, rng)` taking one optimizer step on `objective(params, batch) ->
-  (loss, metrics)`; adds the gradient's global norm to the metrics."""
-  def train_step(state: TrainState, batch, rng):
-    del rng
-    (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params, batch)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
-  return train_step
 
 
 def param_count(params) -> int:

@@ -63,3 +63,22 @@ def test_peak_summary_reports_the_fall():
   out = fits.peak_summary([0, 1, 2, 3], [1.0, 2.0, 3.0, 1.5])
   assert out["peak_gain"] == 2.0 and out["final_gain"] == 0.5 and out["final_over_peak"] == 0.25
   assert out["d_peak"] == 2.0
+
+
+def test_config_variants_and_proxy_grid():
+  from experiments.overopt import driver  # pylint: disable=g-import-not-at-top
+  from rlhf_jax import configlib  # pylint: disable=g-import-not-at-top
+  full = configlib.get("configs/overoptimization.py")
+  assert [s["name"] for s in driver.proxy_specs(full)] == [
+      "xs_p4096", "s_p4096", "m_p4096", "s_p256", "s_p1024", "ens4_xs_p4096"]
+  assert driver.acceptance_proxy(full) == "xs_p4096"
+  grid = configlib.get("configs/overoptimization.py", [("proxy.grid", "full")])
+  assert len(driver.proxy_specs(grid)) == 3 * 3 + 1
+  test = configlib.get("configs/overoptimization.py:test")
+  assert [s["name"] for s in driver.proxy_specs(test)] == [
+      "xs_p1024", "s_p1024", "s_p256", "ens2_xs_p1024"]
+  with pytest.raises(ValueError, match="valid variants"):
+    configlib.get("configs/overoptimization.py:nope")
+  bad = configlib.get("configs/overoptimization.py", [("proxy.grid", "diagonal")])
+  with pytest.raises(ValueError, match="proxy.grid"):
+    driver.proxy_specs(bad)

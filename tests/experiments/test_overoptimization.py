@@ -9,6 +9,8 @@ import json
 import math
 import os
 
+import nbclient
+import nbformat
 import numpy as np
 import pytest
 
@@ -22,10 +24,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
+  """The `:test` experiment, with a persistent XLA cache while it runs (its PPO and DPO runs
+  share most compiled computations), switched off again afterwards."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental.compilation_cache import compilation_cache
   root = tmp_path_factory.mktemp("overopt")
   config = configlib.get("configs/overoptimization.py:test")
-  summary = driver.run(config, str(root / "runs"), str(root / "results"),
-                       config_spec="configs/overoptimization.py:test")
+  previous = jax.config.jax_compilation_cache_dir
+  driver.enable_compilation_cache(str(root / "jax_cache"))
+  try:
+    summary = driver.run(config, str(root / "runs"), str(root / "results"),
+                         config_spec="configs/overoptimization.py:test")
+  finally:
+    jax.config.update("jax_compilation_cache_dir", previous)
+    compilation_cache.reset_cache()
   return root, summary
 
 
@@ -117,9 +129,6 @@ def test_trie_distribution_equals_the_stage_evaluator(results):
 
 @pytest.mark.parametrize("name", ["overoptimization_curves", "loss_ablations"])
 def test_notebook_runs_headless_on_the_test_results(results, name, tmp_path):
-  nbformat = pytest.importorskip("nbformat")
-  nbclient = pytest.importorskip("nbclient")
-  pytest.importorskip("matplotlib")
   root, _ = results
   os.environ["OVEROPT_RESULTS"] = str(root / "results")
   os.environ["OVEROPT_FIGURES"] = str(tmp_path / "figures")

@@ -1,4 +1,5 @@
-"""Two local processes x 4 CPU devices joined by jax.distributed reproduce the 8-device run."""
+"""Two local processes x 4 CPU devices joined by jax.distributed reproduce the 8-device run:
+SFT (train and eval losses), then GRPO from that SFT export (rollouts, rewards, losses)."""
 
 import os
 import socket
@@ -6,12 +7,17 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from rlhf_jax.train import metrics as metrics_lib
 
-ARGS = ["--config=configs/sft.py:test", "--config.train.log_every=1",
-        "--config.train.num_steps=6", "--config.mesh.data=2", "--config.mesh.fsdp=2",
-        "--config.mesh.tensor=2"]
+MESH = ["--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"]
+# 40 steps: enough for the GRPO run below to sample some correct answers (a learning signal).
+SFT_ARGS = ["--config=configs/sft.py:test", "--config.train.log_every=1",
+            "--config.train.num_steps=40", *MESH]
+GRPO_ARGS = ["--config=configs/grpo.py:test", *MESH]
+# Functions of the sampled tokens alone: equal iff the rollouts are.
+ROLLOUT_METRICS = ("train/reward", "train/gold_reward", "train/completion_length")
 
 
 def _env(devices, **extra):
@@ -27,21 +33,19 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _losses(workdir):
-  rows = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-  return ([r["train/loss"] for r in rows if "train/loss" in r],
-          [r["eval/loss"] for r in rows if "eval/loss" in r])
+def _command(args):
+  return [sys.executable, "-m", "rlhf_jax.main", *args]
 
 
-def test_multihost_sft_matches_single_process(tmp_path):
-  single = tmp_path / "single"
-  proc = subprocess.run([sys.executable, "-m", "rlhf_jax.main", f"--workdir={single}", *ARGS],
-                        env=_env(8), capture_output=True, text=True, timeout=600)
+def _run_single(workdir, args):
+  proc = subprocess.run(_command([f"--workdir={workdir}", *args]), env=_env(8),
+                        capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
 
-  multi = tmp_path / "multi"
+
+def _run_two_processes(workdir, args):
   port = _free_port()
-  procs = [subprocess.Popen([sys.executable, "-m", "rlhf_jax.main", f"--workdir={multi}", *ARGS],
+  procs = [subprocess.Popen(_command([f"--workdir={workdir}", *args]),
                             env=_env(4, RLHF_JAX_COORDINATOR=f"localhost:{port}",
                                      RLHF_JAX_NUM_PROCESSES="2", RLHF_JAX_PROCESS_ID=str(i)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -51,8 +55,49 @@ def test_multihost_sft_matches_single_process(tmp_path):
     assert p.returncode == 0, err[-3000:]
   assert "process 1 of 2" in outs[1][1]
 
-  train_1, eval_1 = _losses(single)
+
+def _losses(workdir):
+  rows = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  return ([r["train/loss"] for r in rows if "train/loss" in r],
+          [r["eval/loss"] for r in rows if "eval/loss" in r])
+
+
+@pytest.fixture(scope="module")
+def sft_single(tmp_path_factory):
+  """The 8-device, 1-process SFT run (its export starts the GRPO runs)."""
+  workdir = tmp_path_factory.mktemp("sft_single")
+  _run_single(workdir, SFT_ARGS)
+  return workdir
+
+
+def test_multihost_sft_matches_single_process(sft_single, tmp_path):
+  multi = tmp_path / "multi"
+  _run_two_processes(multi, SFT_ARGS)
+  train_1, eval_1 = _losses(sft_single)
   train_2, eval_2 = _losses(multi)
-  assert len(train_1) == 6 and len(train_2) == 6  # only process 0 wrote metrics
+  assert len(train_1) == 40 and len(train_2) == 40  # only process 0 wrote metrics
   np.testing.assert_allclose(train_2, train_1, rtol=2e-5)
   np.testing.assert_allclose(eval_2, eval_1, rtol=2e-5)
+
+
+def test_multihost_grpo_matches_single_process(sft_single, tmp_path):
+  args = [*GRPO_ARGS, f"--config.init.from_workdir={sft_single}"]
+  _run_single(tmp_path / "single", args)
+  _run_two_processes(tmp_path / "multi", args)
+  rows_1 = metrics_lib.read_jsonl(os.path.join(tmp_path / "single", "metrics.jsonl"))
+  rows_2 = metrics_lib.read_jsonl(os.path.join(tmp_path / "multi", "metrics.jsonl"))
+  assert [r["step"] for r in rows_2] == [r["step"] for r in rows_1] == [0, 1, 2, 3, 4, 4]
+  assert any(r.get("train/reward", 0) > 0 and r["train/advantage_abs"] > 0 for r in rows_1)
+  for r1, r2 in zip(rows_1, rows_2):
+    assert set(r1) == set(r2)
+    for key in r1:
+      if key.startswith("train/time/") or key.endswith("per_sec"):
+        continue
+      if key in ROLLOUT_METRICS or key.startswith("eval/"):
+        # Same keys, same prompts at the same positions: the same sampled and greedy tokens.
+        assert r2[key] == r1[key], (r1["step"], key, r1[key], r2[key])
+      else:
+        # Updates after the first iteration differ in the last float bits (the gradient's
+        # cross-process reduction order), e.g. grad_norm at relative 1e-7, kl at 1e-6.
+        np.testing.assert_allclose(r2[key], r1[key], rtol=1e-4, atol=1e-6,
+                                   err_msg=f"step {r1['step']} {key}")

@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 
 from rlhf_jax import configlib, models
-from rlhf_jax.data import pipeline, tokenizer as tokenizer_lib
 from rlhf_jax.parallel import mesh as mesh_lib
 from rlhf_jax.stages import sft as sft_stage
-from rlhf_jax.tasks.arithmetic import ArithmeticTask
 from rlhf_jax.train import loop, metrics as metrics_lib, optimizer, sft as sft_steps
 from rlhf_jax.train import state as state_lib
 
@@ -79,8 +77,11 @@ def test_sft_eval_loss_falls(sft_run):
 
 
 def _cli(workdir, *overrides):
+  # A sentencepiece vocabulary trained on the task's text and cached in the workdir (the resumed
+  # run must find the same one).
   cmd = [sys.executable, "-m", "rlhf_jax.main", "--config=configs/sft.py:test",
-         f"--workdir={workdir}", "--config.train.log_every=1", *overrides]
+         f"--workdir={workdir}", "--config.train.log_every=1",
+         "--config.tokenizer.kind=sentencepiece", *overrides]
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
 

@@ -203,9 +203,9 @@ def test_next_token_frequencies_match_sampling_distribution(policy, kwargs):
   graphdef, params = policy
   n = 20_000
   config = gen.SamplingConfig(max_new_tokens=1, eos_id=VOCAB + 1, **kwargs)
-  prompts = np.tile(np.array([[1, 9, 4, 17]], np.int32), (n, 1))
+  prompts = np.ones((n, 1), np.int32)  # P = 1: just BOS (no prefill, the first step feeds it)
   out = _generate(graphdef, params, prompts, np.ones_like(prompts), config, seed=11)
-  logits = np.asarray(_full_logits(graphdef)(params, prompts[:1], np.ones((1, 4), np.int32)))[0, -1]
+  logits = np.asarray(_full_logits(graphdef)(params, prompts[:1], np.ones((1, 1), np.int32)))[0, -1]
   pi = _sampling_distribution(logits, **kwargs)
   if "top_k" in kwargs:
     assert (pi > 0).sum() == kwargs["top_k"]
@@ -231,7 +231,8 @@ def test_all_rows_stopping_ends_the_loop(policy):
   np.testing.assert_array_equal(out.mask_BxT, np.eye(1, 10, dtype=np.int32).repeat(4, 0))
   np.testing.assert_array_equal(out.tokens_BxT[:, 0], first.tokens_BxT[:, 0])
   np.testing.assert_allclose(out.logp_BxT[:, 0], first.logp_BxT[:, 0], atol=1e-6)
-  assert out.stopped_B.all() and (out.tokens_BxT[:, 1:] == 0).all() and (out.logp_BxT[:, 1:] == 0).all()
+  assert out.stopped_B.all() and (out.tokens_BxT[:, 1:] == 0).all()
+  assert (out.logp_BxT[:, 1:] == 0).all()
 
 
 def test_one_compilation_per_shape(policy, sampled_fn):
@@ -283,6 +284,9 @@ def test_8_device_mesh_matches_1_device(policy, sampled_fn):
   np.testing.assert_array_equal(multi.tokens_BxT, single.tokens_BxT)
   np.testing.assert_array_equal(multi.mask_BxT, single.mask_BxT)
   np.testing.assert_allclose(multi.logp_BxT, single.logp_BxT, atol=1e-5)
+  # While decoding, weights drop the batch (fsdp) split and keep the tensor split.
+  rules = dict(gen.decode_rules(sharding_lib.DEFAULT_RULES))
+  assert rules["embed"] is None and rules["batch"] == ("data", "fsdp") and rules["mlp"] == "tensor"
   score = gen.make_score_fn(graphdef, config=SAMPLED, mesh=mesh, param_shardings=shardings)
   scored = score(sharded_params, prompts, mask, multi.tokens_BxT, multi.mask_BxT)
   np.testing.assert_allclose(scored.logp_BxT, single.logp_BxT, atol=2e-5)
@@ -299,6 +303,8 @@ def test_bad_inputs_get_clear_errors(policy):
     fn(params, prompts, mask[:, ::-1], key)
   with pytest.raises(ValueError, match="shape"):
     fn(params, prompts, mask[:, :3], key)
+  with pytest.raises(ValueError, match=r"must lie in \[0, 64\)"):
+    fn(params, prompts + VOCAB, mask, key)
   with pytest.raises(ValueError, match="must be integer"):
     fn(params, prompts.astype(np.float32), mask, key)
   for bad in (dict(temperature=0.0), dict(top_p=0.0), dict(top_k=-1), dict(min_new_tokens=5),

@@ -1,6 +1,5 @@
 """Tests of rlhf_jax.losses.advantages (GAE, whitening, GRPO, RLOO, REINFORCE)."""
 
-import functools
 import math
 
 import jax

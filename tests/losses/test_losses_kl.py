@@ -1,6 +1,5 @@
 """Tests of rlhf_jax.losses.kl (KL estimators and KL-shaped rewards)."""
 
-import functools
 import math
 
 import jax

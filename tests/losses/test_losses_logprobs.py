@@ -1,6 +1,5 @@
 """Tests of rlhf_jax.losses.logprobs and rlhf_jax.losses.sft."""
 
-import functools
 import math
 
 import jax

@@ -1,6 +1,5 @@
 """Tests of rlhf_jax.losses.policy (PPO/GSPO surrogate, value loss, entropy bonus, PPO-ptx)."""
 
-import functools
 import math
 
 import jax

@@ -1,6 +1,5 @@
 """Tests of rlhf_jax.losses.preference (DPO family, SimPO, ORPO, chosen NLL)."""
 
-import functools
 import math
 
 import jax

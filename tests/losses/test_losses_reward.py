@@ -1,6 +1,5 @@
 """Tests of rlhf_jax.losses.reward (Bradley-Terry, Plackett-Luce, pairwise accuracy)."""
 
-import functools
 import math
 
 import jax

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from rlhf_jax import configlib, losses
-from rlhf_jax.stages import dpo as dpo_stage, reward_model as rm_stage, sft as sft_stage
+from rlhf_jax.stages import dpo as dpo_stage, reward_model as rm_stage
 from rlhf_jax.train import dpo as dpo_steps, export, loop, metrics as metrics_lib
+from tests import stagelib
 
 
 def _evals(workdir):
@@ -19,11 +20,7 @@ def _evals(workdir):
 
 @pytest.fixture(scope="module")
 def sft_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("offline")
-  config = configlib.get("configs/sft.py:enumerable,test", [
-      ("train.num_steps", "40"), ("train.eval_every", "0"), ("data.data_dir", str(root / "data"))])
-  sft_stage.run(config, str(root / "sft"))
-  return root
+  return stagelib.enumerable_sft(tmp_path_factory.mktemp("offline"))
 
 
 def test_reward_model_learns_gold_preferences(sft_dir):

@@ -7,23 +7,17 @@ import jax
 import numpy as np
 import pytest
 
-from rlhf_jax import configlib
-from rlhf_jax.stages import online, policy_gradient, ppo, sft as sft_stage
+from rlhf_jax.stages import online, policy_gradient, ppo
 from rlhf_jax.train import loop, metrics as metrics_lib
+from tests import stagelib
 
 
 @pytest.fixture(scope="module")
 def sft_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("online")
-  config = configlib.get("configs/sft.py:enumerable,test", [
-      ("train.num_steps", "40"), ("train.eval_every", "0"), ("data.data_dir", str(root / "data"))])
-  sft_stage.run(config, str(root / "sft"))
-  return root
+  return stagelib.enumerable_sft(tmp_path_factory.mktemp("online"))
 
 
-def _config(spec, root, *overrides):
-  return configlib.get(spec, [("init.from_workdir", str(root / "sft")),
-                              ("data.data_dir", str(root / "data")), *overrides])
+_config = stagelib.from_sft
 
 
 def _iterate(built, mesh, n, seed=0):

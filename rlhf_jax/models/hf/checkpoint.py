@@ -65,6 +65,31 @@ def read_hf_config(path: str) -> dict:
     return json.load(f)
 
 
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
+
+
+def check_dir(path: str, *, tokenizer: bool = True) -> dict:
+  """Cheap checks that `path` is a checkpoint `load_hf` (and `load_hf_tokenizer`) can read.
+
+  Reads only config.json and the file names: the directory exists, config.json names a supported
+  family (`config_from_hf`), safetensors weights are there and, with `tokenizer`, so is a
+  tokenizer.model or tokenizer.json. Raises FileNotFoundError / ValueError naming what is
+  missing; returns the config.json dict.
+  """
+  if not path or not os.path.isdir(path):
+    raise FileNotFoundError(f"Hugging Face checkpoint directory {path!r} does not exist")
+  hf_config = read_hf_config(path)
+  config_from_hf(hf_config)  # unsupported families / options fail here, before any loading
+  names = sorted(os.listdir(path))
+  if INDEX_FILE not in names and not any(n.endswith(".safetensors") for n in names):
+    raise FileNotFoundError(f"no *.safetensors weights in Hugging Face checkpoint directory "
+                            f"{path!r} (found {names})")
+  if tokenizer and not any(n in names for n in TOKENIZER_FILES):
+    raise FileNotFoundError(f"no tokenizer beside the weights in {path!r}: expected one of "
+                            f"{list(TOKENIZER_FILES)} (found {names})")
+  return hf_config
+
+
 def _weight_files(path: str) -> dict[str, str]:
   """tensor name -> safetensors file holding it."""
   index = os.path.join(path, INDEX_FILE)
