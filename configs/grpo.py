@@ -1,8 +1,12 @@
 """Critic-free RL from an SFT export: GRPO by default; RLOO / REINFORCE / Dr. GRPO / DAPO by
 variant or `--config.pg.algorithm=...`.
 
-  python -m rlhf_jax.main --config=configs/sft.py --workdir=runs/sft
+  python -m rlhf_jax.main --config=configs/sft.py --workdir=runs/sft --config.train.num_steps=900
   python -m rlhf_jax.main --config=configs/grpo.py --workdir=runs/grpo --config.init.from_workdir=runs/sft
+On arithmetic (the default) these two commands took held-out greedy verifier accuracy from 0.350
+(the SFT policy) to 0.656 after 600 iterations (8 min 23 s on 2 CPU cores); the sparse 0/1
+reward wants many prompts per step (128 x 8 samples) and a moderate learning rate (4e-4; 1e-3
+with 4 minibatches per rollout collapsed accuracy from a stronger SFT policy).
 Variants: `test` (seconds), `enumerable` (gold reward of the enumerable world instead of the
 arithmetic verifier), `dr_grpo`, `dapo`, `rloo`, `reinforce`, `gspo`.
 """
@@ -34,6 +38,13 @@ def get_config(arg=None):
   c.train.eval_every = 25
   c.train.eval_examples = 256
   c.train.checkpoint_every = 50
+  if "enumerable" not in variants:  # the arithmetic verifier (see the docstring)
+    c.optimizer.lr = 4e-4
+    c.rl.prompts_per_step = 128
+    c.train.num_steps = 600
+    c.train.eval_every = 100
+    c.train.eval_examples = 1000
+    c.train.checkpoint_every = 100
   if "dr_grpo" in variants:
     c.pg.scale, c.pg.aggregation = "none", "sequence-mean-token-sum-norm"
   if "dapo" in variants:
