@@ -40,8 +40,9 @@ def base_config() -> ml_collections.ConfigDict:
   # dtype: compute dtype (params stay float32, train/precision.py); remat: per-block
   # rematerialisation, none | full | dots_saveable | dots_with_no_batch_dims_saveable.
   # hf_path: a Hugging Face checkpoint directory (config.json + *.safetensors + tokenizer.model
-  # or tokenizer.json) to start the sft stage from: its shape (preset, family and the tokenizer
-  # fields are then ignored), its weights (loaded sharded) and its tokenizer (stages/common.py).
+  # or tokenizer.json) to start the sft stage (or a reward model's backbone) from: its shape
+  # (preset, family and the tokenizer fields are then ignored), its weights (loaded sharded) and
+  # its tokenizer (stages/common.py).
   c.model = ml_collections.ConfigDict({"preset": "tiny", "family": "llama", "dtype": "float32",
                                        "remat": "none", "hf_path": ""})
   # LoRA adapters (train/lora.py): rank 0 = off (full fine-tuning); targets: weight names

@@ -18,7 +18,7 @@ STAGES = {
 
 # Stages that can start from a Hugging Face checkpoint (config.model.hf_path, stages/common.py);
 # the others start from an SFT run's export (init.from_workdir).
-HF_PATH_STAGES = ("sft",)
+HF_PATH_STAGES = ("sft", "reward_model")
 
 
 def get_stage(name: str):

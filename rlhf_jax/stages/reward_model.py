@@ -71,8 +71,8 @@ def run(config, workdir: str) -> loop.LoopResult:
   run_cfg = precision.apply_model_options(model_cfg, config)  # + remat (not exported)
   make_model = lambda rngs: export.make_model("scalar", run_cfg, rngs)
   shared = None
-  if config.init.from_workdir:
-    lm = export.load(config.init.from_workdir, mesh, rules, kind="lm").params
+  lm = common.init_lm_params(config, mesh, rules)  # an SFT export, model.hf_path, or None
+  if lm is not None:
     shared = {"backbone": {k: v for k, v in lm.items() if k != "lm_head"}}
   rc = config.reward
   tx = optimizer_lib.make_optimizer(config.optimizer, config.train.num_steps)

@@ -7,6 +7,7 @@ import os
 import shutil
 import types
 
+import jax
 import numpy as np
 import pytest
 import tokenizers
@@ -14,7 +15,7 @@ import tokenizers
 from hf_testlib import random_params
 from rlhf_jax import configlib, models, validate
 from rlhf_jax.data import pipeline, tokenizer as tokenizer_lib
-from rlhf_jax.stages import common, sft as sft_stage
+from rlhf_jax.stages import common, reward_model as rm_stage, sft as sft_stage
 from rlhf_jax.train import export, metrics as metrics_lib
 
 NUM_STEPS = 20
@@ -105,10 +106,26 @@ def test_config_errors(hf_dir, tmp_path):
     shutil.copy(os.path.join(hf_dir, name), no_tok / name)
   with pytest.raises(FileNotFoundError, match="no tokenizer beside the weights"):
     validate.validate(_config(str(no_tok)))
-  with pytest.raises(ValueError, match="read by stages \\['sft'\\] only, not 'reward_model'"):
-    validate.validate(configlib.get("configs/reward_model.py:test", [("model.hf_path", hf_dir)]))
+  with pytest.raises(ValueError, match="read by stages \\['sft', 'reward_model'\\] only, not 'dpo'"):
+    validate.validate(configlib.get("configs/dpo.py:test", [("model.hf_path", hf_dir)]))
   with pytest.raises(ValueError, match="the tokenizer has 100000 tokens but config.json's"):
     common.model_config(_config(hf_dir), 100_000)
+
+
+def test_reward_model_backbone_starts_from_the_checkpoint(hf_dir, tmp_path):
+  """The reward_model stage reads model.hf_path too: with a zero learning rate its exported
+  backbone is exactly the checkpoint's weights (lm_head dropped, a fresh scalar head added)."""
+  config = configlib.get("configs/reward_model.py:test,arithmetic", [
+      ("model.hf_path", hf_dir), ("train.num_steps", "2"), ("train.eval_every", "0"),
+      ("optimizer.lr", "0.0"), ("optimizer.warmup_steps", "0"), ("reward.normalize", "False")])
+  validate.validate(config)
+  rm_stage.run(config, str(tmp_path))
+  exported = export.load(str(tmp_path), *common.mesh_and_rules(config), kind="scalar")
+  assert exported.tokenizer["kind"] == "hf"
+  loaded = models.load_hf(hf_dir).params
+  want = {k: v for k, v in loaded.items() if k != "lm_head"}
+  got = jax.tree.map(lambda x: np.asarray(x)[0], exported.params["backbone"])  # member 0
+  np.testing.assert_equal(got, jax.tree.map(np.asarray, want))
 
 
 def test_tokenizer_json_spec_pads_with_eos(tmp_path):
