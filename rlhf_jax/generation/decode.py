@@ -176,11 +176,12 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens_BxP: jax.Array,
            for layer in cache]
   kv_mask_BxL = jnp.pad(prompt_mask_BxP, ((0, 0), (0, t_max - 1)))
   weights = decode_step.flat_weights(model)
-  # RoPE tables of every step: step t feeds slot P - 1 + t, at position n_b - 1 + t.
+  # Step t feeds slot P - 1 + t at position n_b - 1 + t; the RoPE tables of every step are
+  # built once, before the loop.
   num_prompt_B = jnp.sum(prompt_mask_BxP, axis=1)
-  steps_T = jnp.arange(t_max, dtype=jnp.int32)
-  cos_TxBx1xF, sin_TxBx1xF = decode_step.rope_tables(
-      num_prompt_B[None, :] - 1 + steps_T[:, None], model.cfg.head_dim, model.cfg.rope_theta)
+  positions_TxB = num_prompt_B[None, :] - 1 + jnp.arange(t_max, dtype=jnp.int32)[:, None]
+  rope_TxB = (decode_step.rope_tables(positions_TxB, model.cfg)
+              if model.cfg.position_embedding == "rope" else None)
 
   batch_axes = lambda x: constrain(x, ("batch",) + (None,) * (x.ndim - 1))
   init = (jnp.int32(0), prompt_tokens_BxP[:, -1], jnp.ones((b,), jnp.int32),
@@ -196,9 +197,9 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens_BxP: jax.Array,
     slot = p - 1 + t
     kv_mask_BxL = jax.lax.dynamic_update_slice_in_dim(kv_mask_BxL, fed_real_B[:, None], slot,
                                                       axis=1)
-    logits_BxV, cache = decode_step.decode_step(model, weights, fed_B,
-                                                (cos_TxBx1xF[t], sin_TxBx1xF[t]), cache, slot,
-                                                kv_mask_BxL, constrain)
+    rope = None if rope_TxB is None else (rope_TxB[0][t], rope_TxB[1][t])
+    logits_BxV, cache = decode_step.decode_step(model, weights, fed_B, positions_TxB[t], rope,
+                                                cache, slot, kv_mask_BxL, constrain)
     token_B, logp_B = sample_tokens(logits_BxV, jax.random.fold_in(rng, t), config, t)
     alive_B = ~done_B
     token_B = jnp.where(alive_B, token_B, config.pad_id)

@@ -1,34 +1,38 @@
-"""One-token decode step of the Llama-style `Transformer` over a head-major KV cache.
+"""One-token decode step of the `Transformer` (any family) over a head-major KV cache.
 
 `Transformer.hidden(..., cache=...)` serves prefill and decode alike with a [B, L, K, H] cache.
 For one query token per row that layout is slow on CPU: every step XLA transposes each layer's
 whole cache to put the (batch, kv-head) dimensions first for the batched attention matmuls. This
 module keeps the decode cache head-major instead (keys [B, K, H, L], values [B, K, L, H]), so
-q·k and p·v are plain batched matmuls with no per-step copies; it flattens the projection weights
-to 2-D and builds the RoPE cos/sin tables of all steps once, before the loop (XLA would otherwise
-recompute the sin/cos inside every layer's q and k at every step).
+q·k and p·v are plain batched matmuls with no per-step copies; it concatenates the q/k/v
+projections into one 2-D weight (one matmul per layer instead of three) and builds the RoPE
+cos/sin tables of all steps once, before the loop (XLA would otherwise recompute the sin/cos
+inside every layer's q and k at every step).
 
-The math is the model's (models/transformer.py): it reuses the modules (norms, MLP, logits) and
-reads the attention weights; only the single-query attention core and the half-split RoPE
-rotation of `apply_rope` (from precomputed tables) are written out here:
+The math is the model's (models/transformer.py) for every family (presets.py): it reuses the
+modules (embedding, norms, MLP, logits) and reads the attention weights; only the single-query
+attention core and the half-split RoPE rotation of `apply_rope` (from precomputed tables) are
+written out here:
 
-  q = rope(x Wq), k = rope(x Wk), v = x Wv        x: [B, D] at RoPE position pos_b
+  [q | k | v] = x [Wq | Wk | Wv] + [bq | bk | bv]  x: [B, D]; biases only with cfg.qkv_bias
+  q, k <- rope(q), rope(k) at position pos_b        only with RoPE (not GPT-2's learned positions)
   K[b, :, :, slot], V[b, :, slot] <- k, v           write the new token's key/value
   s_{b,k,g,l} = q_{b,(k,g)} . K_{b,k,l} / sqrt(H) for l <= slot with kv_mask[b, l], else -inf
   o_{b,(k,g)} = sum_l softmax_l(s)_{b,k,g,l} V_{b,k,l}
-  y = o Wo                                         (grouped-query: G = n_heads / n_kv_heads)
+  y = o Wo + bo                                    (grouped-query: G = n_heads / n_kv_heads)
 
 tests/generation checks that decoding with this step reproduces the model's full forward pass.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
 from rlhf_jax.models import lora
+from rlhf_jax.models.layers import rope_inv_freq
 
 KEY_AXES = ("batch", "kv_heads", "kv", None)    # logical axes of a [B, K, H, L] key cache leaf
 VALUE_AXES = ("batch", "kv_heads", None, "kv")  # logical axes of a [B, K, L, H] value cache leaf
@@ -69,24 +73,36 @@ def _weight(attn, name: str) -> jax.Array:
 
 
 def flat_weights(model) -> list[dict]:
-  """Per-layer attention projections as 2-D matrices (reshapes of the model's parameters, LoRA
-  adapters merged in; the MLP's adapters run in the module itself)."""
+  """Per-layer attention weights for the step, built once per `generate` call:
+
+    wqkv [D, (N + 2K) H]  q, k and v projections side by side (one matmul instead of three),
+    wo   [N H, D],
+    bqkv [(N + 2K) H] and bo [D] where the family has those biases (Qwen2, GPT-2).
+
+  LoRA adapters on the attention projections are merged in; the MLP's run in the module itself.
+  """
   out = []
   for layer in model.layers:
     a = layer.attn
     d = a.wq.shape[0]
-    out.append({"wq": _weight(a, "wq").reshape(d, -1), "wk": _weight(a, "wk").reshape(d, -1),
-                "wv": _weight(a, "wv").reshape(d, -1), "wo": _weight(a, "wo").reshape(-1, d)})
+    w = {"wqkv": jnp.concatenate([_weight(a, n).reshape(d, -1) for n in ("wq", "wk", "wv")], 1),
+         "wo": _weight(a, "wo").reshape(-1, d)}
+    if a.cfg.qkv_bias:
+      w["bqkv"] = jnp.concatenate([getattr(a, n)[...].reshape(-1) for n in ("bq", "bk", "bv")])
+    if a.cfg.attn_out_bias:
+      w["bo"] = a.bo[...]
+    out.append(w)
   return out
 
 
-def rope_tables(positions_NxB: jax.Array, head_dim: int, theta: float):
-  """cos, sin [N, B, 1, H/2] of the rotary angles at the given positions (as `apply_rope`).
+def rope_tables(positions_NxB: jax.Array, cfg):
+  """cos, sin [N, B, 1, H/2] of the rotary angles at the given positions (as `apply_rope`, with
+  the config's theta and frequency scaling).
 
   The decode loop builds them for all steps before the loop: inside it XLA would recompute the
   sin/cos in every consumer (each layer's q and k), which costs more than the rotation itself.
   """
-  inv_freq_F = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  inv_freq_F = rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
   angles_NxBxF = positions_NxB.astype(jnp.float32)[..., None] * inv_freq_F
   return jnp.cos(angles_NxBxF)[:, :, None, :], jnp.sin(angles_NxBxF)[:, :, None, :]
 
@@ -105,9 +121,14 @@ def _attend(cfg, w, x_BxD, rope, cache, slot, kv_mask_BxL):
   b = x_BxD.shape[0]
   n, k, h = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
   dt = x_BxD.dtype
-  q_BxNxH = _rotate((x_BxD @ w["wq"].astype(dt)).reshape(b, n, h), *rope)
-  k_BxKxH = _rotate((x_BxD @ w["wk"].astype(dt)).reshape(b, k, h), *rope)
-  v_BxKx1xH = (x_BxD @ w["wv"].astype(dt)).reshape(b, k, 1, h)
+  qkv_BxE = x_BxD @ w["wqkv"].astype(dt)
+  if "bqkv" in w:
+    qkv_BxE = qkv_BxE + w["bqkv"].astype(dt)
+  q_BxNxH = qkv_BxE[:, :n * h].reshape(b, n, h)
+  k_BxKxH = qkv_BxE[:, n * h:(n + k) * h].reshape(b, k, h)
+  v_BxKx1xH = qkv_BxE[:, (n + k) * h:].reshape(b, k, 1, h)
+  if rope is not None:
+    q_BxNxH, k_BxKxH = _rotate(q_BxNxH, *rope), _rotate(k_BxKxH, *rope)
   keys_BxKxHxL = jax.lax.dynamic_update_slice(
       cache["k"], k_BxKxH[..., None].astype(cache["k"].dtype), (0, 0, 0, slot))
   values_BxKxLxH = jax.lax.dynamic_update_slice(
@@ -121,25 +142,27 @@ def _attend(cfg, w, x_BxD, rope, cache, slot, kv_mask_BxL):
   probs_BxKxGxL = jax.nn.softmax(scores_BxKxGxL, axis=-1).astype(dt)
   out_BxKxGxH = jnp.einsum("bkgl,bklh->bkgh", probs_BxKxGxL, values_BxKxLxH.astype(dt))
   y_BxD = out_BxKxGxH.reshape(b, n * h) @ w["wo"].astype(dt)
+  if "bo" in w:
+    y_BxD = y_BxD + w["bo"].astype(dt)
   return y_BxD, {"k": keys_BxKxHxL, "v": values_BxKxLxH}
 
 
-def decode_step(model, weights: list[dict], tokens_B: jax.Array, rope: tuple[jax.Array, jax.Array],
-                cache: list[dict], slot: jax.Array, kv_mask_BxL: jax.Array,
-                constrain: Callable[[Any, tuple], Any] = lambda x, axes: x):
+def decode_step(model, weights: list[dict], tokens_B: jax.Array, positions_B: jax.Array,
+                rope: Optional[tuple[jax.Array, jax.Array]], cache: list[dict], slot: jax.Array,
+                kv_mask_BxL: jax.Array, constrain: Callable[[Any, tuple], Any] = lambda x, axes: x):
   """Feeds one token per row at cache `slot`; returns (float32 logits_BxV, new cache).
 
   Args:
     model: the merged `Transformer`; weights: `flat_weights(model)` (computed once per call).
-    tokens_B: the new tokens; rope: their (cos, sin) tables [B, 1, H/2] (one step of
-      `rope_tables`).
+    tokens_B, positions_B: the new tokens and their positions (learned position embeddings);
+      rope: their (cos, sin) tables [B, 1, H/2] (one step of `rope_tables`), None without RoPE.
     cache: per layer {'k': [B, K, H, L], 'v': [B, K, L, H]}; kv_mask_BxL marks every real slot,
       this one included.
     constrain: `constrain(x, logical_axes)` sharding constraint, applied to the activations and
       to each new cache leaf (with its CACHE_AXES).
   """
   cfg = model.cfg
-  x_BxD = constrain(jnp.take(model.embed[...], tokens_B, axis=0).astype(jnp.dtype(cfg.dtype)),
+  x_BxD = constrain(model.embed_tokens(tokens_B[:, None], positions_B[:, None])[:, 0],
                     ("batch", None))
   new_cache = []
   for layer, w, c in zip(model.layers, weights, cache):

@@ -131,6 +131,34 @@ def test_greedy_cache_equals_recompute_with_stops(policy):
   assert out.mask_BxT[:, :2].all() and not np.isin(out.tokens_BxT[:, :2], stops).any()
 
 
+FAMILY_OVERRIDES = {
+    "qwen2": dict(family="qwen2"), "gemma": dict(family="gemma"), "gpt2": dict(family="gpt2"),
+    "llama_linear_rope": dict(rope_scaling=(("rope_type", "linear"), ("factor", 4.0))),
+}
+
+
+@pytest.mark.parametrize("name", list(FAMILY_OVERRIDES))
+def test_greedy_cache_equals_recompute_every_family(name):
+  """The decode step reads each family's options (q/k/v and output biases, embedding scale,
+  learned positions instead of RoPE, RoPE frequency scaling, tied embeddings, GeGLU / plain
+  MLP). Parameters are perturbed so biases and norm weights are far from their zero/one init."""
+  cfg = get_model_config("tiny", vocab_size=VOCAB, **FAMILY_OVERRIDES[name])
+  graphdef, params = _init(lambda rngs: Transformer(cfg, rngs=rngs))
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  params = jax.tree.unflatten(treedef, [x + 0.3 * jax.random.normal(k, x.shape, x.dtype)
+                                        for x, k in zip(leaves, keys)])
+  prompts, mask = _prompts(3, 6, real=[6, 4, 1], seed=2)
+  ref_tokens, _ = _greedy_by_recompute(graphdef, params, prompts, mask, GREEDY)
+  out = _generate(graphdef, params, prompts, mask, GREEDY)
+  np.testing.assert_array_equal(out.tokens_BxT, ref_tokens)
+  logits = _full_logits(graphdef)(params, np.concatenate([prompts, out.tokens_BxT], 1),
+                                  np.concatenate([mask, out.mask_BxT], 1))
+  ref_logp = token_logps(logits[:, 5:-1], jnp.asarray(out.tokens_BxT))
+  # Greedy log-probs are those of the model's softmax (temperature 1).
+  np.testing.assert_allclose(out.logp_BxT, ref_logp, atol=2e-5)
+
+
 SAMPLING_CONFIGS = {
     "greedy": dict(greedy=True),
     "temp1.3_topk12_topp0.8_min3": dict(temperature=1.3, top_k=12, top_p=0.8, min_new_tokens=3),
