@@ -90,7 +90,10 @@ def online_rl(c: ml_collections.ConfigDict) -> None:
   """Fields shared by the online-RL stages (ppo, policy_gradient)."""
   c.rl = ml_collections.ConfigDict({
       "prompts_per_step": 16,     # prompts per iteration (each sampled pg.group_size times)
-      "temperature": 1.0, "top_k": 0, "top_p": 1.0})
+      "temperature": 1.0, "top_k": 0, "top_p": 1.0,
+      # False: old-policy log-probs come from generation when it samples the float32 policy
+      # itself (train/rollout.py sampler_is_policy); True: always a separate forward pass.
+      "rescore_policy": False})
   c.reward = ml_collections.ConfigDict({
       "source": "gold",           # gold (task's closed form / verifier) | learned
       "from_workdir": "",         # reward_model run, for source = learned

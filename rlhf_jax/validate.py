@@ -38,10 +38,10 @@ def _check_sft_data_options(config) -> None:
     pipeline.check_length_buckets(buckets, data.prompt_len + data.completion_len)
 
 
-def _check_hf_path(config) -> None:
+def check_hf_path(config) -> None:
   """model.hf_path: a stage that reads it, not with init.from_workdir, and a directory with
   config.json, safetensors weights and a tokenizer (file names and config.json only)."""
-  path = config.model.get("hf_path", "")
+  path = config.model.get("hf_path", "") if "model" in config else ""
   if not path:
     return
   if config.stage not in stages.HF_PATH_STAGES:
@@ -65,4 +65,4 @@ def validate(config) -> None:
   if "data" in config and config.stage != "recipe":
     _check_sft_data_options(config)
   if "model" in config and config.stage != "recipe":
-    _check_hf_path(config)
+    check_hf_path(config)

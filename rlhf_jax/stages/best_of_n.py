@@ -36,7 +36,8 @@ def sample_and_score(s: online.Setup, config, split: str, max_prompts: int):
   gen = rollout_lib.make_generate_fn(s.sft.graphdef, s.sampling, group_size=n)
   score = rollout_lib.make_score_fn(s.sft.graphdef, rm_graphdef=s.rm_graphdef,
                                     rm_combine=config.reward.ensemble_combine,
-                                    rm_lambda=config.reward.ensemble_lambda)
+                                    rm_lambda=config.reward.ensemble_lambda,
+                                    rescore_policy=False)  # only rm_scores are read
   texts = s.prompts[split]
   prompts, completions, rewards, golds = [], [], [], []
   rng = jax.random.key(config.seed)
@@ -55,7 +56,8 @@ def sample_and_score(s: online.Setup, config, split: str, max_prompts: int):
     if config.reward.source == "gold":
       reward_b = gold_b
     else:
-      scored = score(s.sft.params, s.sft.params, None, s.rm, pt, pm, out.tokens_BxT, out.mask_BxT)
+      scored = score(s.sft.params, s.sft.params, None, s.rm, pt, pm, out.tokens_BxT, out.mask_BxT,
+                     out.logp_BxT)
       reward_b = rollout_lib.host_array(scored["rm_scores"])
     for start in range(0, len(valid), n):
       if not valid[start]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import jax
 
-from rlhf_jax import models, stages
+from rlhf_jax import models, stages, validate
 from rlhf_jax.data import builders, pipeline, tokenizer as tokenizer_lib
 from rlhf_jax.models import hf as hf_lib
 from rlhf_jax.parallel import distributed, mesh as mesh_lib
@@ -39,21 +39,11 @@ def records(config, workdir: str, kind: str, split: str):
 
 
 def hf_path(config) -> str:
-  """config.model.hf_path as an absolute path ("" when unset), after checking that the stage
-  reads it (stages.HF_PATH_STAGES), that init.from_workdir is not also set (the two name
-  different starting weights) and that it is a checkpoint with a tokenizer (check_dir)."""
+  """config.model.hf_path as an absolute path ("" when unset), after validate.check_hf_path (the
+  stage reads it, init.from_workdir is not also set, the directory holds a checkpoint)."""
+  validate.check_hf_path(config)
   path = config.model.get("hf_path", "") if "model" in config else ""
-  if not path:
-    return ""
-  if config.stage not in stages.HF_PATH_STAGES:
-    raise ValueError(f"config.model.hf_path is read by stages {list(stages.HF_PATH_STAGES)} only, "
-                     f"not {config.stage!r}: run sft with it first and start {config.stage!r} "
-                     "from that run (init.from_workdir)")
-  if config.init.from_workdir:
-    raise ValueError(f"config.model.hf_path={path!r} and config.init.from_workdir="
-                     f"{config.init.from_workdir!r} both name the starting weights; set only one")
-  hf_lib.check_dir(path)
-  return os.path.abspath(path)
+  return os.path.abspath(path) if path else ""
 
 
 def tokenizer_spec(config, workdir: str, task) -> dict:

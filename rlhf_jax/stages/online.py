@@ -169,6 +169,14 @@ def make_evaluator(s: Setup, config, plain_of: Callable, stream: PromptStream):
   return evaluate
 
 
+def rescore_policy(config, s: Setup) -> bool:
+  """Whether rollouts get an old-policy forward pass: unless `config.rl.rescore_policy` is False
+  and generation sampled the float32 policy itself (rollout.sampler_is_policy), in which case
+  its log-probs serve (one forward pass fewer per iteration)."""
+  reuse = rollout_lib.sampler_is_policy(s.sampling, s.sft.model_config.dtype)
+  return bool(config.rl.rescore_policy) or not reuse
+
+
 def make_iteration(s: Setup, config, *, policy_graphdef, policy_of, critic_of, value_fn,
                    prepare_fn, update_fn, stream: PromptStream, group_size: int):
   """The python step the loop calls: generate, score, reward, update, control β.
@@ -181,7 +189,8 @@ def make_iteration(s: Setup, config, *, policy_graphdef, policy_of, critic_of, v
                                        value_fn=value_fn,
                                        rm_graphdef=s.rm_graphdef,
                                        rm_combine=config.reward.ensemble_combine,
-                                       rm_lambda=config.reward.ensemble_lambda)
+                                       rm_lambda=config.reward.ensemble_lambda,
+                                       rescore_policy=rescore_policy(config, s))
   texts = s.prompts["train"]
   has_gold = hasattr(s.task, "gold_reward")
   kc = config.kl
@@ -194,7 +203,7 @@ def make_iteration(s: Setup, config, *, policy_graphdef, policy_of, critic_of, v
     tokens, mask = rollout_lib.host_array(gen.tokens_BxT), rollout_lib.host_array(gen.mask_BxT)
     t1 = time.perf_counter()
     scored = score_fn(policy, s.sft.params, critic_of(state.params), s.rm, pt, pm,
-                      gen.tokens_BxT, gen.mask_BxT)
+                      gen.tokens_BxT, gen.mask_BxT, gen.logp_BxT)
     jax.block_until_ready(scored)
     t2 = time.perf_counter()
     index = np.repeat(rollout_lib.host_array(batch["prompt_index"]), group_size)

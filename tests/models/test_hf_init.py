@@ -94,7 +94,7 @@ def test_export_reloads_with_the_hf_tokenizer(hf_dir, sft_run):
 def test_config_errors(hf_dir, tmp_path):
   with pytest.raises(ValueError, match="model.hf_path=.* and init.from_workdir=.*set only one"):
     validate.validate(_config(hf_dir, ("init.from_workdir", str(tmp_path))))
-  with pytest.raises(ValueError, match="hf_path=.* and config.init.from_workdir="):
+  with pytest.raises(ValueError, match="model.hf_path=.* and init.from_workdir=.*set only one"):
     common.tokenizer_spec(_config(hf_dir, ("init.from_workdir", str(tmp_path))), "", None)
   with pytest.raises(FileNotFoundError, match="directory .*nowhere.* does not exist"):
     validate.validate(_config(str(tmp_path / "nowhere")))

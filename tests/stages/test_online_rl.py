@@ -45,6 +45,38 @@ def test_policy_gradient_variant_runs_from_config_switch(sft_dir, variant):
   assert moved > 0
 
 
+def test_old_logps_from_the_sampler_match_a_rescoring_pass(sft_dir):
+  """With untempered float32 sampling the old-policy pass is skipped (rl.rescore_policy=False,
+  the default): the update then sees generation's log-probs, which must equal the re-scored
+  ones; a tempered sampler is always re-scored."""
+  runs = {}
+  for rescore in (False, True):
+    config = _config("configs/grpo.py:test,enumerable", sft_dir,
+                     ("rl.rescore_policy", str(rescore)), ("pg.epochs", "2"))
+    s = online.setup(config, str(sft_dir / f"rescore_{rescore}"))
+    assert online.rescore_policy(config, s) == rescore
+    built = policy_gradient.build(config, s)
+    # One rollout scored by the stage's jitted score function (old_logp as the update sees it).
+    batch = loop.to_global(next(built.stream), s.mesh)
+    gen_fn = online.rollout_lib.make_generate_fn(s.sft.graphdef, s.sampling,
+                                                 group_size=config.pg.group_size)
+    pt, pm, out = gen_fn(built.state.params, batch["prompt_tokens"], batch["prompt_mask"],
+                         jax.random.key(5))
+    scored = built.iteration.jitted["score"](built.state.params, s.sft.params, None, None, pt, pm,
+                                             out.tokens_BxT, out.mask_BxT, out.logp_BxT)
+    old_logp = np.asarray(scored["old_logp"])
+    if not rescore:
+      np.testing.assert_array_equal(old_logp, np.asarray(out.logp_BxT))
+    _, rows = _iterate(built, s.mesh, 2)
+    runs[rescore] = (old_logp, rows)
+  np.testing.assert_allclose(runs[False][0], runs[True][0], atol=2e-5)
+  for a, b in zip(runs[False][1], runs[True][1]):
+    assert a["reward"] == b["reward"]  # the same rollouts
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-3, atol=1e-6)
+  tempered = _config("configs/grpo.py:test,enumerable", sft_dir, ("rl.temperature", "0.7"))
+  assert online.rescore_policy(tempered, online.setup(tempered, str(sft_dir / "tempered")))
+
+
 def test_grpo_raises_gold_reward_and_compiles_each_piece_once(sft_dir):
   workdir = str(sft_dir / "grpo_learn")
   config = _config("configs/grpo.py:test,enumerable", sft_dir, ("train.num_steps", "16"),
