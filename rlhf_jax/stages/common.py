@@ -8,7 +8,7 @@ from typing import Any
 
 import jax
 
-from rlhf_jax import models, stages, validate
+from rlhf_jax import models, validate
 from rlhf_jax.data import builders, pipeline, tokenizer as tokenizer_lib
 from rlhf_jax.models import hf as hf_lib
 from rlhf_jax.parallel import distributed, mesh as mesh_lib

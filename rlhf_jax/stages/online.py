@@ -182,7 +182,8 @@ def make_iteration(s: Setup, config, *, policy_graphdef, policy_of, critic_of, v
   """The python step the loop calls: generate, score, reward, update, control β.
 
   The policy generates and is scored as trained (`policy_graphdef`, with LoRA adapters when
-  attached: generation applies them too), so the update's first ratio is exactly 1; the
+  attached: generation applies them too), so the update's first ratio is 1 (exactly when
+  re-scored, to float rounding when generation's log-probs serve, see `rescore_policy`); the
   reference is the SFT export (its own graphdef and parameters)."""
   generate_fn = rollout_lib.make_generate_fn(policy_graphdef, s.sampling, group_size=group_size)
   score_fn = rollout_lib.make_score_fn(policy_graphdef, ref_graphdef=s.sft.graphdef,
