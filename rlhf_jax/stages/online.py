@@ -133,8 +133,13 @@ def check_no_microbatches(config, minibatches_field: str) -> None:
 
 def make_evaluator(s: Setup, config, plain_of: Callable, stream: PromptStream):
   """eval/* metrics of the plain policy `plain_of(state.params)` (what the stage exports: LoRA
-  adapters merged), with the SFT export's graphdef: exact on the enumerable world, greedy
-  verifier accuracy otherwise."""
+  adapters merged), with the SFT export's graphdef: exact on the enumerable world; otherwise
+  greedy verifier accuracy and a sampled KL on the held-out prompts,
+
+    eval/kl = mean over prompts x of  sum_t [log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)],
+              y ~ pi (untempered, one sample per prompt, a fixed rng per evaluation)
+
+  an unbiased Monte-Carlo estimate of KL(pi || pi_ref) per sequence (k1 summed over tokens)."""
   if config.task.name == "enumerable":
     exact = EnumerableEvaluator(s.task, s.layout, s.sft.graphdef, s.mesh,
                                 batch_size=config.eval.exact_batch_size,
@@ -144,16 +149,20 @@ def make_evaluator(s: Setup, config, plain_of: Callable, stream: PromptStream):
 
   greedy = rollout_lib.make_generate_fn(
       s.sft.graphdef, dataclasses.replace(s.sampling, greedy=True), group_size=1)
+  untempered = SamplingConfig(max_new_tokens=s.sampling.max_new_tokens, eos_id=s.sampling.eos_id,
+                              pad_id=s.sampling.pad_id)
+  sample = rollout_lib.make_generate_fn(s.sft.graphdef, untempered, group_size=1)
+  score = rollout_lib.make_score_fn(s.sft.graphdef)  # policy and reference log-probs
   texts = s.prompts["test"]
 
   def evaluate(state) -> dict:
-    correct, n = 0.0, 0
+    correct, kl, n = 0.0, 0.0, 0
     policy = plain_of(state.params)
-    for local in pipeline.eval_batches(s.prompt_arrays["test"],
-                                       global_batch=config.rl.prompts_per_step,
-                                       process_index=jax.process_index(),
-                                       process_count=jax.process_count(),
-                                       max_examples=config.train.eval_examples):
+    for i, local in enumerate(pipeline.eval_batches(s.prompt_arrays["test"],
+                                                    global_batch=config.rl.prompts_per_step,
+                                                    process_index=jax.process_index(),
+                                                    process_count=jax.process_count(),
+                                                    max_examples=config.train.eval_examples)):
       g = loop.to_global(local, s.mesh)
       _, _, out = greedy(policy, g["prompt_tokens"], g["prompt_mask"],
                          jax.random.key(0))
@@ -163,8 +172,16 @@ def make_evaluator(s: Setup, config, plain_of: Callable, stream: PromptStream):
                                                   rollout_lib.host_array(out.mask_BxT))
       scores = reward_fns.gold_scores(s.task, [texts[i] for i in index], completions)
       correct += float(np.sum(scores * valid))
+      pt, pm, drawn = sample(policy, g["prompt_tokens"], g["prompt_mask"],
+                             jax.random.fold_in(jax.random.key(config.seed), i))
+      logps = score(policy, s.sft.params, None, None, pt, pm, drawn.tokens_BxT, drawn.mask_BxT,
+                    drawn.logp_BxT)
+      kl_B = rollout_lib.host_array(jnp.sum((logps["old_logp"] - logps["ref_logp"])
+                                            * drawn.mask_BxT, axis=1))
+      kl += float(np.sum(kl_B * valid))
       n += int(valid.sum())
-    return {"accuracy": correct / max(n, 1), "gold_reward": correct / max(n, 1)}
+    n = max(n, 1)
+    return {"accuracy": correct / n, "gold_reward": correct / n, "kl": kl / n}
 
   return evaluate
 

@@ -93,8 +93,9 @@ def test_multihost_grpo_matches_single_process(sft_single, tmp_path):
     for key in r1:
       if key.startswith("train/time/") or key.endswith("per_sec"):
         continue
-      if key in ROLLOUT_METRICS or key.startswith("eval/"):
-        # Same keys, same prompts at the same positions: the same sampled and greedy tokens.
+      if key in ROLLOUT_METRICS or (key.startswith("eval/") and key != "eval/kl"):
+        # Same keys, same prompts at the same positions: the same sampled and greedy tokens
+        # (eval/kl sums log-probs of the updated policy: compared below, to float rounding).
         assert r2[key] == r1[key], (r1["step"], key, r1[key], r2[key])
       else:
         # Updates after the first iteration differ in the last float bits (the gradient's
