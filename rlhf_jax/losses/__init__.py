@@ -29,6 +29,7 @@ from rlhf_jax.losses.aggregation import masked_sum
 from rlhf_jax.losses.kl import KL_ESTIMATORS
 from rlhf_jax.losses.kl import kl_penalty
 from rlhf_jax.losses.kl import kl_shaped_rewards
+from rlhf_jax.losses.kl import sequence_kl
 from rlhf_jax.losses.logprobs import reduce_token_logps
 from rlhf_jax.losses.logprobs import sequence_logps
 from rlhf_jax.losses.logprobs import token_entropy
@@ -64,6 +65,6 @@ __all__ = [
     "entropy_bonus", "family", "gae", "get", "group_advantages", "kl_penalty", "kl_shaped_rewards",
     "masked_mean", "masked_sum", "names", "orpo_loss", "pairwise_accuracy", "plackett_luce_loss",
     "ppo_policy_loss", "ppo_policy_metrics", "ptx_loss", "reduce_token_logps", "register",
-    "reinforce_advantages", "rloo_advantages", "sequence_logps", "sequence_to_token", "sft_loss",
-    "simpo_loss", "token_entropy", "token_logps", "value_loss", "whiten",
+    "reinforce_advantages", "rloo_advantages", "sequence_kl", "sequence_logps", "sequence_to_token",
+    "sft_loss", "simpo_loss", "token_entropy", "token_logps", "value_loss", "whiten",
 ]

@@ -53,6 +53,21 @@ def kl_penalty(logp_BxT: jax.Array, ref_logp_BxT: jax.Array, *, estimator: str) 
   return jnp.expm1(-delta) + delta
 
 
+def sequence_kl(logp_BxT: jax.Array, ref_logp_BxT: jax.Array, mask_BxT: jax.Array) -> jax.Array:
+  r"""Sampled estimate of :math:`KL(\pi \| \pi_{ref})` per sequence: :math:`\sum_t m_t\,k1_t`.
+
+  Args:
+    logp_BxT, ref_logp_BxT: [B, T] log-probs of the sampled tokens under the policy and reference.
+    mask_BxT: [B, T] 1 on completion tokens, 0 on padding.
+
+  Returns:
+    kl_B: [B] float32.
+  """
+  _checks.check_same_shape("sequence_kl", logp_BxT=logp_BxT, mask_BxT=mask_BxT)
+  k1_BxT = kl_penalty(logp_BxT, ref_logp_BxT, estimator="k1")
+  return jnp.sum(k1_BxT * _checks.as_float(mask_BxT), axis=1)
+
+
 def kl_shaped_rewards(scores_B: jax.Array, logp_BxT: jax.Array, ref_logp_BxT: jax.Array,
                       mask_BxT: jax.Array, has_eos_B: jax.Array | None = None, *,
                       beta: float | jax.Array, estimator: str = "k1",

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlhf_jax import losses
 from rlhf_jax.data import pipeline, tokenizer as tokenizer_lib
 from rlhf_jax.generation import SamplingConfig
 from rlhf_jax.rewards import functions as reward_fns
@@ -176,8 +177,8 @@ def make_evaluator(s: Setup, config, plain_of: Callable, stream: PromptStream):
                              jax.random.fold_in(jax.random.key(config.seed), i))
       logps = score(policy, s.sft.params, None, None, pt, pm, drawn.tokens_BxT, drawn.mask_BxT,
                     drawn.logp_BxT)
-      kl_B = rollout_lib.host_array(jnp.sum((logps["old_logp"] - logps["ref_logp"])
-                                            * drawn.mask_BxT, axis=1))
+      kl_B = rollout_lib.host_array(losses.sequence_kl(logps["old_logp"], logps["ref_logp"],
+                                                       drawn.mask_BxT))
       kl += float(np.sum(kl_B * valid))
       n += int(valid.sum())
     n = max(n, 1)

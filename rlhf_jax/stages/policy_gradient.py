@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from rlhf_jax import losses
 from rlhf_jax.stages import online
 from rlhf_jax.train import loop, optimizer as optimizer_lib, rl_update
 from rlhf_jax.train import policy_gradient as pg, state as state_lib
@@ -18,7 +19,7 @@ from rlhf_jax.train import policy_gradient as pg, state as state_lib
 def make_prepare_fn(cfg):
   def prepare(fields, scores_B, beta):
     mask = fields["mask"].astype(jnp.float32)
-    kl_B = pg.sequence_kl(fields["old_logp"], fields["ref_logp"], mask)
+    kl_B = losses.sequence_kl(fields["old_logp"], fields["ref_logp"], mask)
     adv_B = pg.advantages(cfg, scores_B, kl_B, beta)
     batch = {k: fields[k] for k in ("prompt_tokens", "prompt_mask", "tokens", "mask", "old_logp",
                                     "ref_logp")}

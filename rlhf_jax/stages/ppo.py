@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax import models
+from rlhf_jax import losses, models
 from rlhf_jax.data import pipeline
 from rlhf_jax.parallel import sharding as sharding_lib
 from rlhf_jax.stages import common, online
@@ -57,7 +57,7 @@ def make_prepare_fn(cfg, with_ptx: bool):
     batch.update(advantages=adv, returns=returns)
     if with_ptx:
       batch.update({k: fields[k] for k in ("ptx_tokens", "ptx_mask", "ptx_completion_mask")})
-    kl_B = jnp.sum((fields["old_logp"] - fields["ref_logp"]) * mask, axis=1)
+    kl_B = losses.sequence_kl(fields["old_logp"], fields["ref_logp"], mask)
     return batch, {"kl": jnp.mean(kl_B), "shaped_reward": jnp.mean(jnp.sum(rewards, axis=1))}
   return jax.jit(prepare)
 

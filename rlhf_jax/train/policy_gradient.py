@@ -25,11 +25,6 @@ def kl_in_loss(cfg) -> bool:
   return cfg.algorithm == "grpo"
 
 
-def sequence_kl(old_logp_BxT, ref_logp_BxT, mask_BxT):
-  """Σ_t k1 over completion tokens: the sampled estimate of KL(π‖π_ref) per sequence."""
-  return jnp.sum(losses.kl_penalty(old_logp_BxT, ref_logp_BxT, estimator="k1") * mask_BxT, axis=1)
-
-
 def advantages(cfg, scores_B, kl_B, beta):
   if cfg.algorithm == "grpo":
     return losses.group_advantages(scores_B, group_size=cfg.group_size, scale=cfg.scale)

@@ -21,6 +21,15 @@ def test_estimators_hand_values(call):
                              [[0.36787944, 0.71828183, 0.0]], rtol=1e-6, atol=1e-8)
 
 
+def test_sequence_kl_sums_k1_over_real_tokens(call):
+  logp = np.array([[-1.0, -2.0, -3.0], [-0.5, -0.5, -0.5]])
+  ref = np.array([[-2.0, -1.5, -9.0], [-1.0, -1.0, -1.0]])  # delta = [1, -0.5, 6], [0.5, 0.5, 0.5]
+  mask = np.array([[1, 1, 0], [1, 0, 0]])
+  np.testing.assert_allclose(call(kl.sequence_kl, logp, ref, mask), [0.5, 0.5])
+  with pytest.raises(ValueError, match="mask_BxT"):
+    kl.sequence_kl(logp, ref, mask[:, :2])
+
+
 def test_k3_nonnegative_and_precise_near_zero(call):
   rng = np.random.default_rng(0)
   delta = rng.normal(size=(4, 64)) * 3
