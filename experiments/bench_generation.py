@@ -4,26 +4,38 @@ Both sides run the same Llama architecture with the SAME weights (ours are copie
 transformers LlamaForCausalLM, and logits are checked to match before timing), greedy, with the
 same prompts, prompt length and number of new tokens. Every row generates exactly `--new-tokens`
 tokens on both sides (min_new_tokens = max_new_tokens suppresses EOS identically in both), so
-tokens/s = batch * new_tokens / median wall time of `--runs` timed runs after one warm-up run
-(which includes our compilation). The greedy completions of the two are compared as well.
+tokens/s = batch * new_tokens / median wall time. The greedy completions are compared as well.
 
-transformers runs in a child process that does only that: torch's OpenMP worker threads keep
-spinning for a while after each call and would steal a core from XLA in the same process.
+Timing is interleaved: after one warm-up call per side and batch (ours includes compilation),
+each of `--runs` rounds times one call of ours and then one call of transformers per thread
+count, so a slow spell of a shared machine hits both sides alike. Reported: the median tokens/s
+of each side and the median over rounds of the per-round time ratio (transformers / ours).
+
+transformers runs in a child process that does only that (commands over a pipe): torch's OpenMP
+worker threads keep spinning for a while after each call and would steal a core from XLA in the
+same process; for the same reason every timed call starts after a 50 ms pause.
 
 Threads: XLA's CPU client uses all cores (os.cpu_count()); torch gets `--threads` intra-op threads
-(default the same count) and 1 inter-op thread. On a machine shared with other busy processes
-torch's OpenMP threads can stall one another badly, so transformers is also timed with 1 thread
+(default the same count) and 1 inter-op thread. transformers is also timed with 1 thread
 (`--no-hf-single-thread` skips it); "vs best" compares with the faster of the two.
+`--cpu-devices N` runs ours on a data-parallel mesh of N XLA CPU devices (the batch split over
+them, as `make_generate_fn(mesh=...)` does on accelerators) instead of one device.
+
+GFLOP/s counts the model's work per call, the same for both sides: every row runs its P + T - 1
+fed tokens through the layers (q/k/v/o projections, MLP and causal attention over the tokens
+before it) and the vocabulary projection for the T sampled tokens (multiply-add = 2 FLOPs).
+The line after the table gives the machine's float32 matmul rate (numpy, 1024^3) for reference.
 
 Needs the benchmark-only deps: `pip install -r requirements-bench.txt`.
 
   python experiments/bench_generation.py                       # tiny + small, batch 1/16/64
-  python experiments/bench_generation.py --presets tiny --batches 16 --runs 5
+  python experiments/bench_generation.py --presets small --batches 16,64 --runs 9
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -37,16 +49,32 @@ import numpy as np  # noqa: E402
 
 from rlhf_jax.models import get_model_config  # noqa: E402  (no JAX computation at import)
 
+PAUSE_S = 0.05  # between timed calls: the thread pools of the side that just ran spin down
 
-def median_time(fn, runs: int):
-  """(median wall seconds over `runs` calls after one warm-up call, last output)."""
+
+def timed(fn):
+  """(wall seconds of one call, its output)."""
+  start = time.perf_counter()
   out = fn()
-  times = []
-  for _ in range(runs):
-    start = time.perf_counter()
-    out = fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times), out
+  return time.perf_counter() - start, out
+
+
+def generation_flops(cfg, batch: int, prompt_len: int, new_tokens: int) -> float:
+  """Model FLOPs of one generate call (module docstring): 2 per multiply-add."""
+  d, n, k, h, f = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff
+  per_token_layer = d * (n + 2 * k) * h + n * h * d + (3 if cfg.mlp_gated else 2) * d * f
+  fed = prompt_len + new_tokens - 1                    # tokens through the layers, per row
+  attended = fed * (fed + 1) // 2                      # sum over fed tokens of (1 + position)
+  macs = cfg.n_layers * (fed * per_token_layer + 2 * n * h * attended)
+  macs += new_tokens * d * cfg.vocab_size              # logits of the sampled positions
+  return 2.0 * batch * macs
+
+
+def matmul_gflops(size: int = 1024, runs: int = 5) -> float:
+  """float32 GFLOP/s of numpy's size^3 matmul (median of `runs`), the machine's reference rate."""
+  a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+  a @ a
+  return 2 * size ** 3 / statistics.median(timed(lambda: a @ a)[0] for _ in range(runs)) / 1e9
 
 
 # ---------------------------------------------------------------- transformers (child process)
@@ -93,8 +121,10 @@ def build_hf(cfg, flat):
 
 
 def hf_worker(args):
-  """Child process: loads weights + prompts from args.hf_worker (npz), writes logits, greedy
-  completions and median times to args.hf_out (npz)."""
+  """Child process: loads weights + prompts from args.hf_worker (npz); writes the check logits,
+  greedy completions and versions to args.hf_out (npz) after one warm-up call per batch, prints
+  "ready", then times one call per stdin line '{"batch": b, "threads": k}' and prints its seconds;
+  stops at end of input."""
   import torch
   import transformers
 
@@ -112,31 +142,56 @@ def hf_worker(args):
                              position_ids=torch.from_numpy(np.maximum(np.cumsum(mask, 1) - 1, 0)
                                                            ).long()).logits.numpy()
   t = args.new_tokens
+  ids = {b: torch.from_numpy(data[f"prompts_{b}"]).long() for b in args.batches}
+
+  def run(batch):
+    with torch.inference_mode():
+      return hf.generate(input_ids=ids[batch], attention_mask=torch.ones_like(ids[batch]),
+                         max_new_tokens=t, min_new_tokens=t, do_sample=False, eos_token_id=2,
+                         pad_token_id=0)
+
   for batch in args.batches:
-    ids = torch.from_numpy(data[f"prompts_{batch}"]).long()
-
-    def run():
-      with torch.inference_mode():
-        return hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=t,
-                           min_new_tokens=t, do_sample=False, eos_token_id=2, pad_token_id=0)
-
     for threads in args.hf_threads:
       torch.set_num_threads(threads)
-      secs, generated = median_time(run, args.runs)
-      out[f"secs_{batch}_{threads}"] = np.array(secs)
-    out[f"tokens_{batch}"] = generated[:, ids.shape[1]:].numpy()
+      generated = run(batch)
+    out[f"tokens_{batch}"] = generated[:, ids[batch].shape[1]:].numpy()
   np.savez(args.hf_out, **out)
+  print("ready", flush=True)
+  for line in sys.stdin:
+    cmd = json.loads(line)
+    torch.set_num_threads(cmd["threads"])
+    print(timed(lambda: run(cmd["batch"]))[0], flush=True)
 
 
 # ---------------------------------------------------------------- ours (parent process)
 
+def ours_generate_fn(graphdef, params, args):
+  """(generate(prompts, mask, key), params placed for it): one device, or a data-parallel mesh
+  of args.cpu_devices devices."""
+  import jax
+
+  from rlhf_jax.generation import SamplingConfig, make_generate_fn
+  from rlhf_jax.parallel import mesh as mesh_lib, sharding as sharding_lib
+
+  t = args.new_tokens
+  config = SamplingConfig(max_new_tokens=t, min_new_tokens=t, greedy=True)
+  if args.cpu_devices <= 1:
+    gen = make_generate_fn(graphdef, config, validate=False)
+    return lambda *a: gen(params, *a)
+  mesh = mesh_lib.make_mesh({"data": args.cpu_devices, "fsdp": 1, "tensor": 1})
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+  shardings = jax.tree.map(lambda _: sharding_lib.replicated(mesh), abstract)
+  gen = make_generate_fn(graphdef, config, mesh=mesh, param_shardings=shardings, validate=False)
+  placed = jax.device_put(params, shardings)
+  return lambda *a: gen(placed, *a)
+
+
 def bench_preset(preset, args):
-  """Rows of results for one preset: every batch size, ours vs transformers."""
+  """Rows of results for one preset: every batch size, ours vs transformers, interleaved."""
   import jax
   import jax.numpy as jnp
   from flax import nnx
 
-  from rlhf_jax.generation import SamplingConfig, make_generate_fn
   from rlhf_jax.models import Transformer
 
   cfg = get_model_config(preset, vocab_size=args.vocab)
@@ -154,14 +209,12 @@ def bench_preset(preset, args):
   for batch in args.batches:
     data[f"prompts_{batch}"] = rng.integers(3, cfg.vocab_size, (batch, p)).astype(np.int32)
 
-  gen = make_generate_fn(graphdef, SamplingConfig(max_new_tokens=t, min_new_tokens=t, greedy=True),
-                         validate=False)
-  ours, key = {}, jax.random.key(0)
-  for batch in args.batches:
-    prompts = jnp.asarray(data[f"prompts_{batch}"])
-    mask = jnp.ones_like(prompts)
-    ours[batch] = median_time(lambda: jax.block_until_ready(gen(params, prompts, mask, key)),
-                              args.runs)
+  gen = ours_generate_fn(graphdef, params, args)
+  key = jax.random.key(0)
+  inputs = {b: (jnp.asarray(data[f"prompts_{b}"]), jnp.ones((b, p), jnp.int32))
+            for b in args.batches}
+  ours_call = {b: (lambda b=b: jax.block_until_ready(gen(*inputs[b], key))) for b in args.batches}
+  ours_tokens = {b: np.asarray(ours_call[b]().tokens_BxT) for b in args.batches}  # warm-up
   ours_logits = np.asarray(nnx.merge(graphdef, params)(
       jnp.asarray(data["check_tokens"]), mask_BxS=jnp.asarray(data["check_mask"])))
 
@@ -170,25 +223,39 @@ def bench_preset(preset, args):
     cmd = [sys.executable, os.path.abspath(__file__), "--hf-worker", os.path.join(tmp, "in.npz"),
            "--hf-out", os.path.join(tmp, "out.npz"), "--presets", preset,
            "--batches", ",".join(map(str, args.batches)), "--prompt-len", str(p),
-           "--new-tokens", str(t), "--vocab", str(args.vocab), "--runs", str(args.runs),
-           "--threads", str(args.threads)] + ([] if args.hf_single_thread else
-                                              ["--no-hf-single-thread"])
-    subprocess.run(cmd, check=True)
-    theirs = dict(np.load(os.path.join(tmp, "out.npz")))
+           "--new-tokens", str(t), "--vocab", str(args.vocab), "--threads", str(args.threads)
+           ] + ([] if args.hf_single_thread else ["--no-hf-single-thread"])
+    with subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as hf:
+      if hf.stdout.readline().strip() != "ready":
+        raise RuntimeError("the transformers worker did not start (see its error above)")
+      theirs = dict(np.load(os.path.join(tmp, "out.npz")))
+      ours_s = {b: [] for b in args.batches}
+      hf_s = {(b, k): [] for b in args.batches for k in args.hf_threads}
+      for _ in range(args.runs):
+        for b in args.batches:
+          ours_s[b].append(timed(ours_call[b])[0])
+          for k in args.hf_threads:
+            time.sleep(PAUSE_S)
+            hf.stdin.write(json.dumps({"batch": b, "threads": k}) + "\n")
+            hf.stdin.flush()
+            hf_s[b, k].append(float(hf.stdout.readline()))
+          time.sleep(PAUSE_S)
+      hf.stdin.close()
   real = data["check_mask"].astype(bool)
   err = float(np.max(np.abs(ours_logits[real] - theirs["check_logits"][real])))
   if err > args.logit_tol:
     raise RuntimeError(f"{preset}: logits differ from transformers by {err:.2e} > {args.logit_tol}")
   rows = []
-  for batch in args.batches:
-    n = batch * t
-    secs, out = ours[batch]
-    hf_s = {k: float(theirs[f"secs_{batch}_{k}"]) for k in args.hf_threads}
-    same = float(np.mean(np.asarray(out.tokens_BxT) == theirs[f"tokens_{batch}"]))
-    rows.append(dict(preset=preset, batch=batch, ours=n / secs,
-                     hf={k: n / v for k, v in hf_s.items()},
-                     ratio_same=hf_s[args.threads] / secs, ratio=min(hf_s.values()) / secs,
-                     logit_err=err, same=same,
+  for b in args.batches:
+    n, flops = b * t, generation_flops(cfg, b, p, t)
+    ours_med = statistics.median(ours_s[b])
+    best = [min(hf_s[b, k][r] for k in args.hf_threads) for r in range(args.runs)]
+    paired = lambda hf_times: statistics.median(h / o for h, o in zip(hf_times, ours_s[b]))
+    rows.append(dict(preset=preset, batch=b, ours=n / ours_med, gflops=flops / ours_med / 1e9,
+                     hf={k: n / statistics.median(hf_s[b, k]) for k in args.hf_threads},
+                     ratio_same=paired(hf_s[b, args.threads]), ratio=paired(best),
+                     logit_err=err, same=float(np.mean(ours_tokens[b] == theirs[f"tokens_{b}"])),
+                     call_gflop=flops / 1e9,
                      versions=(str(theirs["torch_version"]), str(theirs["transformers_version"]))))
   return rows
 
@@ -200,10 +267,12 @@ def main(argv=None):
   ap.add_argument("--prompt-len", type=int, default=32)
   ap.add_argument("--new-tokens", type=int, default=64)
   ap.add_argument("--vocab", type=int, default=512, help="vocab size (the presets' default)")
-  ap.add_argument("--runs", type=int, default=5, help="timed runs per setting (median reported)")
+  ap.add_argument("--runs", type=int, default=7, help="timed rounds (medians reported)")
   ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
   ap.add_argument("--no-hf-single-thread", dest="hf_single_thread", action="store_false",
                   help="skip the extra transformers timing with 1 torch thread")
+  ap.add_argument("--cpu-devices", type=int, default=1,
+                  help="ours on a data-parallel mesh of this many XLA CPU devices")
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--logit-tol", type=float, default=1e-3)
   ap.add_argument("--hf-worker", help=argparse.SUPPRESS)
@@ -213,15 +282,22 @@ def main(argv=None):
   args.hf_threads = [args.threads] + ([1] if args.hf_single_thread and args.threads != 1 else [])
   if args.hf_worker:
     return hf_worker(args)
+  bad = [b for b in args.batches if b % args.cpu_devices]
+  if bad:
+    raise ValueError(f"--batches {bad} are not divisible by --cpu-devices {args.cpu_devices}")
 
   import jax
+  jax.config.update("jax_num_cpu_devices", args.cpu_devices)
   print(f"greedy, prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, vocab "
-        f"{args.vocab}, median of {args.runs} runs after warm-up; jax {jax.__version__} "
-        f"(XLA CPU client on {os.cpu_count()} cores); load average {os.getloadavg()[0]:.1f}")
+        f"{args.vocab}, {args.runs} interleaved rounds after warm-up; jax {jax.__version__} "
+        f"(XLA CPU client on {os.cpu_count()} cores, {args.cpu_devices} device(s)); "
+        f"load average {os.getloadavg()[0]:.1f}")
   hf_cols = args.hf_threads
   header = (f"{'preset':<7}{'batch':>6}{'ours tok/s':>12}"
             + "".join(f"{f'HF {k}thr tok/s':>16}" for k in hf_cols)
-            + f"{f'vs {args.threads}thr':>9}{'vs best':>9}{'max|dlogit|':>13}{'same tok':>10}")
+            + f"{f'vs {args.threads}thr':>9}{'vs best':>9}{'ours GFLOP/s':>14}"
+            + f"{'max|dlogit|':>13}{'same tok':>10}")
+  call_gflop = []
   for i, preset in enumerate(args.presets.split(",")):
     rows = bench_preset(preset, args)
     if i == 0:
@@ -230,13 +306,15 @@ def main(argv=None):
       print(header)
       print("-" * len(header))
     for r in rows:
+      call_gflop.append(f"{r['preset']}/{r['batch']} {r['call_gflop']:.3g}")
       print(f"{r['preset']:<7}{r['batch']:>6}{r['ours']:>12.0f}"
             + "".join(f"{r['hf'][k]:>16.0f}" for k in hf_cols)
-            + f"{r['ratio_same']:>8.1f}x{r['ratio']:>8.1f}x{r['logit_err']:>13.1e}"
-            + f"{r['same']:>10.1%}", flush=True)
-  print(f"vs {args.threads}thr = transformers time with {args.threads} torch threads / ours; "
-        f"vs best = fastest transformers time / ours. Load average at the end "
-        f"{os.getloadavg()[0]:.1f}.")
+            + f"{r['ratio_same']:>8.1f}x{r['ratio']:>8.1f}x{r['gflops']:>14.1f}"
+            + f"{r['logit_err']:>13.1e}{r['same']:>10.1%}", flush=True)
+  print(f"vs {args.threads}thr = median over rounds of transformers time ({args.threads} torch "
+        f"threads) / ours; vs best = the same with the faster transformers setting. Model GFLOP "
+        f"per call: {', '.join(call_gflop)}. numpy float32 1024^3 matmul: "
+        f"{matmul_gflops():.0f} GFLOP/s. Load average at the end {os.getloadavg()[0]:.1f}.")
 
 
 if __name__ == "__main__":
