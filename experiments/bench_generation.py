@@ -166,8 +166,8 @@ def hf_worker(args):
 # ---------------------------------------------------------------- ours (parent process)
 
 def ours_generate_fn(graphdef, params, args):
-  """(generate(prompts, mask, key), params placed for it): one device, or a data-parallel mesh
-  of args.cpu_devices devices."""
+  """generate(prompts, mask, key) with `params` bound: on one device, or on a data-parallel mesh
+  of args.cpu_devices devices (params replicated, the batch split)."""
   import jax
 
   from rlhf_jax.generation import SamplingConfig, make_generate_fn
@@ -179,8 +179,7 @@ def ours_generate_fn(graphdef, params, args):
     gen = make_generate_fn(graphdef, config, validate=False)
     return lambda *a: gen(params, *a)
   mesh = mesh_lib.make_mesh({"data": args.cpu_devices, "fsdp": 1, "tensor": 1})
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-  shardings = jax.tree.map(lambda _: sharding_lib.replicated(mesh), abstract)
+  shardings = jax.tree.map(lambda _: sharding_lib.replicated(mesh), params)
   gen = make_generate_fn(graphdef, config, mesh=mesh, param_shardings=shardings, validate=False)
   placed = jax.device_put(params, shardings)
   return lambda *a: gen(placed, *a)

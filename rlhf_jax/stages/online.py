@@ -159,7 +159,7 @@ def make_evaluator(s: Setup, config, plain_of: Callable, stream: PromptStream):
   def evaluate(state) -> dict:
     correct, kl, n = 0.0, 0.0, 0
     policy = plain_of(state.params)
-    for i, local in enumerate(pipeline.eval_batches(s.prompt_arrays["test"],
+    for batch_index, local in enumerate(pipeline.eval_batches(s.prompt_arrays["test"],
                                                     global_batch=config.rl.prompts_per_step,
                                                     process_index=jax.process_index(),
                                                     process_count=jax.process_count(),
@@ -174,7 +174,7 @@ def make_evaluator(s: Setup, config, plain_of: Callable, stream: PromptStream):
       scores = reward_fns.gold_scores(s.task, [texts[i] for i in index], completions)
       correct += float(np.sum(scores * valid))
       pt, pm, drawn = sample(policy, g["prompt_tokens"], g["prompt_mask"],
-                             jax.random.fold_in(jax.random.key(config.seed), i))
+                             jax.random.fold_in(jax.random.key(config.seed), batch_index))
       logps = score(policy, s.sft.params, None, None, pt, pm, drawn.tokens_BxT, drawn.mask_BxT,
                     drawn.logp_BxT)
       kl_B = rollout_lib.host_array(losses.sequence_kl(logps["old_logp"], logps["ref_logp"],
