@@ -159,11 +159,12 @@ def make_evaluator(s: Setup, config, plain_of: Callable, stream: PromptStream):
   def evaluate(state) -> dict:
     correct, kl, n = 0.0, 0.0, 0
     policy = plain_of(state.params)
-    for batch_index, local in enumerate(pipeline.eval_batches(s.prompt_arrays["test"],
-                                                    global_batch=config.rl.prompts_per_step,
-                                                    process_index=jax.process_index(),
-                                                    process_count=jax.process_count(),
-                                                    max_examples=config.train.eval_examples)):
+    batches = pipeline.eval_batches(s.prompt_arrays["test"],
+                                    global_batch=config.rl.prompts_per_step,
+                                    process_index=jax.process_index(),
+                                    process_count=jax.process_count(),
+                                    max_examples=config.train.eval_examples)
+    for batch_index, local in enumerate(batches):
       g = loop.to_global(local, s.mesh)
       _, _, out = greedy(policy, g["prompt_tokens"], g["prompt_mask"],
                          jax.random.key(0))
