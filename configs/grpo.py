@@ -38,7 +38,6 @@ def get_config(arg=None):
   c.train.log_every = 5
   c.train.eval_every = 25
   c.train.eval_examples = 256
-  c.train.checkpoint_every = 50
   if "enumerable" not in variants:  # the arithmetic verifier (see the docstring)
     c.optimizer.lr = 4e-4
     # Rows no wider than the task needs: BOS + "99+99=" is 7 char tokens, "198" + EOS is 4.
@@ -49,7 +48,6 @@ def get_config(arg=None):
     c.train.num_steps = 600
     c.train.eval_every = 100
     c.train.eval_examples = 1000
-    c.train.checkpoint_every = 100
   if "dr_grpo" in variants:
     c.pg.scale, c.pg.aggregation = "none", "sequence-mean-token-sum-norm"
   if "dapo" in variants:

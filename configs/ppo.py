@@ -33,7 +33,6 @@ def get_config(arg=None):
   c.train.num_steps = 100
   c.train.log_every = 5
   c.train.eval_every = 25
-  c.train.checkpoint_every = 50
   if "adaptive" in variants:
     # horizon 500 samples: β moves by up to 0.2 · 64 / 500 ≈ 2.6 % per 64-prompt iteration.
     # Measured (enumerable world, gold reward, 200 iterations from the 400-step SFT): β 0.20 →

@@ -61,7 +61,9 @@ def base_config() -> ml_collections.ConfigDict:
       "grad_clip": 1.0})
   c.train = ml_collections.ConfigDict({
       "num_steps": 300, "log_every": 25, "eval_every": 100, "eval_examples": 512,
-      "checkpoint_every": 100, "keep_checkpoints": 2, "tensorboard": True,
+      # 0 = a tenth of num_steps (a hard kill loses at most ~10% of the run; SIGTERM/SIGINT
+      # checkpoint the current step, train/preemption.py).
+      "checkpoint_every": 0, "keep_checkpoints": 2, "tensorboard": True,
       # > 0: stop (checkpointed) after this step, as a preemption would; the schedule still
       # follows num_steps, so a later run resumes exactly where this one stopped.
       "stop_at_step": 0,
@@ -69,7 +71,14 @@ def base_config() -> ml_collections.ConfigDict:
       "microbatches": 1,
       # Compile the train step ahead of time from abstract shapes and log XLA's memory analysis
       # and the per-role memory estimate (train/aot.py) before the loop starts.
-      "aot_memory": False})
+      "aot_memory": False,
+      # A non-finite loss, gradient or metric (train/nonfinite.py): stop (exit non-zero, no
+      # export) or skip (the step's update is dropped, counted as train/nonfinite_skips) and
+      # stop after nonfinite_max_skips consecutive skipped steps.
+      "nonfinite": "stop", "nonfinite_max_skips": 10,
+      # Resume into a workdir whose recorded config differs in fields that are safe to change
+      # (train/workdir.py SAFE_ON_RESUME); other differences always stop the run.
+      "allow_config_change": False})
   return c
 
 

@@ -144,15 +144,22 @@ def _stack(rows: list[dict], name: str, stats: LayoutStats) -> dict[str, np.ndar
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-def prepare_sft(records: Iterable[dict], layout: Layout, *, name: str = "sft"
+def _record_where(name: str, i: int, where: Sequence[str] | None) -> str:
+  """How error messages name record i: `where[i]` (e.g. "file.jsonl:12") when given."""
+  return f"{name} record {i}" if where is None else f"{where[i]} ({name} record {i})"
+
+
+def prepare_sft(records: Iterable[dict], layout: Layout, *, name: str = "sft",
+                where: Sequence[str] | None = None
                 ) -> tuple[dict[str, np.ndarray], LayoutStats]:
-  """SFT records -> arrays tokens/mask/completion_mask [N, S], with counts of what happened."""
+  """SFT records -> arrays tokens/mask/completion_mask [N, S], with counts of what happened.
+  `where`: each record's location (e.g. "path:line"), for error messages."""
   stats, rows = LayoutStats(), []
   for i, record in enumerate(records):
-    where = f"{name} record {i}"
-    _text_fields(record, ("prompt", "completion"), where)
-    p = layout.prompt_ids(record["prompt"], where, stats)
-    c = None if p is None else layout.completion_ids(record["completion"], where, stats)
+    where_i = _record_where(name, i, where)
+    _text_fields(record, ("prompt", "completion"), where_i)
+    p = layout.prompt_ids(record["prompt"], where_i, stats)
+    c = None if p is None else layout.completion_ids(record["completion"], where_i, stats)
     if p is None or c is None:
       continue
     rows.append(layout.row(p, c))
@@ -160,22 +167,24 @@ def prepare_sft(records: Iterable[dict], layout: Layout, *, name: str = "sft"
   return _stack(rows, name, stats), stats
 
 
-def prepare_preference(records: Iterable[dict], layout: Layout, *, name: str = "preference"
+def prepare_preference(records: Iterable[dict], layout: Layout, *, name: str = "preference",
+                       where: Sequence[str] | None = None
                        ) -> tuple[dict[str, np.ndarray], LayoutStats]:
   """Pairs -> chosen_{tokens,mask,completion_mask}, rejected_{...} [N, S], and the gold rewards
   chosen_gold/rejected_gold [N] when the records carry them (NaN otherwise). A pair is dropped
   (counted) as a whole when either side is; identical chosen/rejected pairs are dropped and
-  counted."""
+  counted. `where`: each record's location (e.g. "path:line"), for error messages."""
   stats, rows = LayoutStats(), []
   for i, record in enumerate(records):
-    where = f"{name} record {i}"
-    _text_fields(record, ("prompt", "chosen", "rejected"), where)
+    where_i = _record_where(name, i, where)
+    _text_fields(record, ("prompt", "chosen", "rejected"), where_i)
     if record["chosen"] == record["rejected"]:
       stats.dropped["identical_pair"] += 1
       continue
-    p = layout.prompt_ids(record["prompt"], where, stats)
-    w = None if p is None else layout.completion_ids(record["chosen"], where + " (chosen)", stats)
-    l = None if w is None else layout.completion_ids(record["rejected"], where + " (rejected)",
+    p = layout.prompt_ids(record["prompt"], where_i, stats)
+    w = None if p is None else layout.completion_ids(record["chosen"], where_i + " (chosen)",
+                                                     stats)
+    l = None if w is None else layout.completion_ids(record["rejected"], where_i + " (rejected)",
                                                      stats)
     if l is None:
       continue

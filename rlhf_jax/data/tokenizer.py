@@ -150,6 +150,8 @@ def to_spec(tok, path: str = "") -> dict:
 
 
 SPEC_KINDS = ("char", "sentencepiece", "hf")
+# What config.tokenizer.kind may name ("hf" comes from model.hf_path instead; stages/common.py).
+CONFIG_KINDS = ("char", "sentencepiece")
 
 
 def from_spec(spec: dict):

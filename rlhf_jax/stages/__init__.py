@@ -25,3 +25,18 @@ def get_stage(name: str):
   if name not in STAGES:
     raise ValueError(f"unknown stage {name!r}; valid stages: {sorted(STAGES)}")
   return importlib.import_module(STAGES[name])
+
+
+def run(config, workdir: str, *, name: str = "", override_prefix: str = ""):
+  """Runs `config.stage` in `workdir` as its only run: holds the workdir's lock, and (a single
+  stage) checks the config against the one recorded there before any work, then records it
+  (train/workdir.py). A recipe checks each of its steps' workdirs the same way, up front.
+
+  name / override_prefix: how errors name the stage and its override keys (a recipe step)."""
+  from rlhf_jax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  if config.stage == "recipe":
+    with workdir_lib.lock(workdir):
+      return get_stage("recipe").run(config, workdir)
+  with workdir_lib.claim(config, workdir, name=name or config.stage,
+                         override_prefix=override_prefix):
+    return get_stage(config.stage).run(config, workdir)

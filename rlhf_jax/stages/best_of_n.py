@@ -27,6 +27,7 @@ from rlhf_jax.train import loop, metrics as metrics_lib, rollout as rollout_lib
 from rlhf_jax.train.enumerable_eval import EnumerableEvaluator
 
 MODES = ("best_of_n", "rejection_sampling")
+KEEP = ("best_per_prompt", "top_k")  # config.bon.keep, see `select`
 
 
 def sample_and_score(s: online.Setup, config, split: str, max_prompts: int):
@@ -97,7 +98,7 @@ def select(prompts, completions, rewards, *, keep: str, top_k: int) -> list[dict
             for c, r in zip(cs, rs)]
     flat.sort(key=lambda x: -x[0])
     return [{"prompt": p, "completion": c, "reward": r} for r, p, c in flat[:top_k]]
-  raise ValueError(f"unknown bon.keep {keep!r}; valid: ['best_per_prompt', 'top_k']")
+  raise ValueError(f"unknown bon.keep {keep!r}; valid: {list(KEEP)}")
 
 
 def ranked_pairs(s: online.Setup, config, split: str, max_prompts: int) -> list[dict]:
@@ -128,8 +129,9 @@ def run(config, workdir: str):
   if config.bon.mode not in MODES:
     raise ValueError(f"unknown bon.mode {config.bon.mode!r}; valid: {list(MODES)}")
   s = online.setup(config, workdir)
-  writer = metrics_lib.MetricsWriter(workdir, tensorboard=False)
   if config.bon.mode == "best_of_n":
+    writer = metrics_lib.MetricsWriter(workdir, tensorboard=False, resume_step=0)  # a rerun
+    # replaces the evaluation row
     prompts, _, rewards, golds = sample_and_score(s, config, "test", config.train.eval_examples)
     best = np.argmax(rewards, axis=1)
     row = {"eval/reward": float(np.mean(rewards[np.arange(len(best)), best])),
@@ -161,8 +163,11 @@ def run(config, workdir: str):
     with open(path, "w") as f:
       for r in chosen:
         f.write(json.dumps(r) + "\n")
-  writer.write(0, {"rs/samples": len(chosen), "rs/mean_reward": float(np.mean(
-      [r["reward"] for r in chosen])), "rs/policy_reward": float(np.mean(rewards))})
+  # The selection's row (once: a rerun samples the same), then the SFT loop's rows.
+  writer = metrics_lib.MetricsWriter(workdir, tensorboard=False)
+  if not writer.logged("rs/samples"):
+    writer.write(0, {"rs/samples": len(chosen), "rs/mean_reward": float(np.mean(
+        [r["reward"] for r in chosen])), "rs/policy_reward": float(np.mean(rewards))})
   writer.close()
   config.data.sft_records_path = path
   return sft_stage.run(config, workdir)  # exports to <workdir>/export like every stage

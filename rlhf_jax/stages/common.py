@@ -12,7 +12,7 @@ from rlhf_jax import models, validate
 from rlhf_jax.data import builders, pipeline, tokenizer as tokenizer_lib
 from rlhf_jax.models import hf as hf_lib
 from rlhf_jax.parallel import distributed, mesh as mesh_lib
-from rlhf_jax.train import export, loop
+from rlhf_jax.train import export, loop, nonfinite
 
 
 def mesh_and_rules(config):
@@ -60,7 +60,8 @@ def tokenizer_spec(config, workdir: str, task) -> dict:
   if tc.kind == "char":
     return {"kind": "char", "alphabet": task.alphabet}
   if tc.kind != "sentencepiece":
-    raise ValueError(f"unknown tokenizer.kind {tc.kind!r}; valid: ['char', 'sentencepiece']")
+    raise ValueError(f"unknown tokenizer.kind {tc.kind!r}; "
+                     f"valid: {list(tokenizer_lib.CONFIG_KINDS)}")
   path = tc.path or os.path.join(workdir, "tokenizer.model")
   distributed.on_process_zero_first(
       "tokenizer", lambda: tokenizer_lib.load_or_train(path, task.texts, vocab_size=tc.vocab_size))
@@ -96,8 +97,10 @@ def init_lm_params(config, mesh, rules):
   if config.init.from_workdir:
     return export.load(config.init.from_workdir, mesh, rules, kind="lm").params
   if path:
-    return hf_lib.load_hf(path, mesh=mesh, rules=rules,
-                          overrides={"dtype": config.model.dtype}).params
+    params = hf_lib.load_hf(path, mesh=mesh, rules=rules,
+                            overrides={"dtype": config.model.dtype}).params
+    nonfinite.check_finite(params, f"model.hf_path={path!r}")
+    return params
   return None
 
 

@@ -28,6 +28,9 @@ from rlhf_jax.train import dpo as dpo_steps, export, lora, loop, optimizer as op
 from rlhf_jax.train import precision, state as state_lib
 from rlhf_jax.train.enumerable_eval import EnumerableEvaluator
 
+# config.data.pairs: the task's labelled pairs, or pairs sampled from the SFT policy and ranked.
+PAIRS = ("task", "on_policy")
+
 
 def reference_logps(graphdef, ref_params, arrays, mesh, config, cache_path: str, split: str):
   """Adds ref_chosen_logps / ref_rejected_logps [N] to `arrays`, from the cache when present."""
@@ -71,7 +74,7 @@ def pair_records(config, workdir: str, split: str) -> list[dict]:
   if config.data.pairs == "task" or split != "train":
     return common.records(config, workdir, "preference", split)
   if config.data.pairs != "on_policy":
-    raise ValueError(f"unknown data.pairs {config.data.pairs!r}; valid: ['task', 'on_policy']")
+    raise ValueError(f"unknown data.pairs {config.data.pairs!r}; valid: {list(PAIRS)}")
   from rlhf_jax.stages import best_of_n, online  # pylint: disable=g-import-not-at-top
   s = online.setup(config, workdir)
   return best_of_n.ranked_pairs(s, config, "train", config.bon.max_train_prompts)
@@ -147,7 +150,9 @@ def run(config, workdir: str) -> loop.LoopResult:
                     train_iter=train_iterator(config, s.arrays["train"]),
                     evaluate=make_evaluator(s.graphdef, s.arrays["test"], s.mesh, config,
                                             s.exact_eval, s.plain),
-                    tokens_per_step=lambda b: int(b["chosen_mask"].sum() + b["rejected_mask"].sum()))
+                    tokens_per_step=lambda b: int(b["chosen_mask"].sum() + b["rejected_mask"].sum()),
+                    learning_rate=optimizer_lib.make_schedule(config.optimizer,
+                                                              config.train.num_steps))
   if result.finished:
     export.save(workdir, s.plain(result.state.params), kind="lm",
                 model_config=s.sft.model_config, tokenizer=s.tok_spec)

@@ -30,7 +30,8 @@ from rlhf_jax.data import pipeline, tokenizer as tokenizer_lib
 from rlhf_jax.generation import SamplingConfig
 from rlhf_jax.rewards import functions as reward_fns
 from rlhf_jax.stages import common
-from rlhf_jax.train import export, kl_control, lora, loop, precision, rollout as rollout_lib
+from rlhf_jax.train import export, kl_control, lora, loop, nonfinite, precision
+from rlhf_jax.train import rollout as rollout_lib
 from rlhf_jax.train.enumerable_eval import EnumerableEvaluator
 
 
@@ -243,10 +244,7 @@ def make_iteration(s: Setup, config, *, policy_graphdef, policy_of, critic_of, v
     jax.block_until_ready(state)
     t4 = time.perf_counter()
 
-    kl = float(prep_metrics["kl"])
     beta = stream.kl_coef
-    stream.kl_coef = float(kl_control.update(beta, kl, kind=kc.controller, target=kc.target,
-                                             horizon=kc.horizon, batch_size=len(index)))
     generated = float(mask.sum())
     metrics = {**metrics, **prep_metrics, "kl_coef": beta,
                "reward": float(np.mean(rollout_lib.host_array(scores))),
@@ -256,11 +254,35 @@ def make_iteration(s: Setup, config, *, policy_graphdef, policy_of, critic_of, v
                "generation_tokens_per_sec": generated / max(t1 - t0, 1e-9)}
     if gold is not None:
       metrics["gold_reward"] = float(np.mean(gold))
+    metrics[nonfinite.FLAG] = bad = iteration_flag(metrics, update_fn.checked_names)
+    if not bad:  # a skipped (non-finite) iteration leaves beta as it was
+      stream.kl_coef = float(kl_control.update(beta, float(prep_metrics["kl"]),
+                                               kind=kc.controller, target=kc.target,
+                                               horizon=kc.horizon, batch_size=len(index)))
     return state, metrics
 
   iteration.jitted = {"generate": generate_fn, "score": score_fn, "update": update_fn,
                       "prepare": prepare_fn}
   return iteration
+
+
+def jit_update(update, config, shardings, *, check_inputs):
+  """The update jitted with the non-finite guard (train/nonfinite.py), which also checks the
+  rollout-derived inputs `check_inputs` (a NaN reward surfaces in the advantages)."""
+  guarded = nonfinite.guard_step(update, mode=config.train.nonfinite, check_inputs=check_inputs)
+  jitted = jax.jit(guarded, out_shardings=(shardings, None), donate_argnums=0)
+  jitted.checked_names = guarded.checked_names
+  return jitted
+
+
+def iteration_flag(metrics: dict, update_names) -> str:
+  """'' when the iteration is finite, else the name of its first non-finite value: the
+  update's flag (removed from `metrics`), then the host-side metrics."""
+  flag = int(metrics.pop(nonfinite.FLAG))
+  if flag >= 0:
+    return update_names[flag]
+  index, names = nonfinite.host_flag(jax.device_get(metrics))
+  return names[index] if index >= 0 else ""
 
 
 @dataclasses.dataclass
@@ -272,12 +294,13 @@ class Built:
   evaluate: Callable
   stream: PromptStream
   export_params: Callable   # train-state params -> the policy's params
+  learning_rate: Callable | None = None  # the optimizer's schedule (logged)
 
 
 def run(config, workdir: str, s: Setup, b: Built) -> loop.LoopResult:
   result = loop.run(config=config, workdir=workdir, mesh=s.mesh, state=b.state,
                     state_shardings=b.shardings, train_step=b.iteration, train_iter=b.stream,
-                    evaluate=b.evaluate, jit=False)
+                    evaluate=b.evaluate, jit=False, learning_rate=b.learning_rate)
   if result.finished:
     export.save(workdir, b.export_params(result.state.params), kind="lm",
                 model_config=s.sft.model_config, tokenizer=s.tok_spec)

@@ -44,14 +44,17 @@ def build(config, s: online.Setup) -> online.Built:
                                     policy.tx, num_epochs=cfg.epochs,
                                     num_minibatches=cfg.minibatches, stop_kl=cfg.stop_kl or None,
                                     trainable=policy.trainable)
-  update_fn = jax.jit(update, out_shardings=(shardings, None), donate_argnums=0)
+  update_fn = online.jit_update(update, config, shardings,
+                                check_inputs=("advantages", "old_logp", "ref_logp"))
   stream = online.PromptStream(s.prompt_arrays["train"], config, config.kl.coef)
   iteration = online.make_iteration(
       s, config, policy_graphdef=graphdef, policy_of=lambda p: p, critic_of=lambda p: None,
       value_fn=None, prepare_fn=make_prepare_fn(cfg), update_fn=update_fn, stream=stream,
       group_size=cfg.group_size)
   evaluate = online.make_evaluator(s, config, policy.export, stream)
-  return online.Built(state, shardings, iteration, evaluate, stream, export_params=policy.export)
+  return online.Built(state, shardings, iteration, evaluate, stream, export_params=policy.export,
+                      learning_rate=optimizer_lib.make_schedule(config.optimizer,
+                                                                optimizer_steps(config)))
 
 
 def run(config, workdir: str) -> loop.LoopResult:

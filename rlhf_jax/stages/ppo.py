@@ -86,7 +86,8 @@ def build(config, s: online.Setup, workdir: str) -> online.Built:
       ppo.make_loss_fn(policy_graphdef, value_fn, cfg, config.data.prompt_len), tx,
       num_epochs=cfg.epochs, num_minibatches=cfg.minibatches, stop_kl=cfg.stop_kl or None,
       trainable=trainable)
-  update_fn = jax.jit(update, out_shardings=(shardings, None), donate_argnums=0)
+  update_fn = online.jit_update(update, config, shardings,
+                                check_inputs=("advantages", "returns", "old_logp", "values"))
   prepare_fn = make_prepare_fn(cfg, with_ptx)
   if with_ptx:
     prepare_fn = _with_ptx_batches(config, s, workdir, prepare_fn)
@@ -97,7 +98,8 @@ def build(config, s: online.Setup, workdir: str) -> online.Built:
       update_fn=update_fn, stream=stream, group_size=1)
   export_params = lambda p: policy.export(p["policy"])
   evaluate = online.make_evaluator(s, config, export_params, stream)
-  return online.Built(state, shardings, iteration, evaluate, stream, export_params=export_params)
+  return online.Built(state, shardings, iteration, evaluate, stream, export_params=export_params,
+                      learning_rate=optimizer_lib.make_schedule(config.optimizer, steps))
 
 
 def run(config, workdir: str) -> loop.LoopResult:

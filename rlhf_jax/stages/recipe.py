@@ -4,8 +4,12 @@ A recipe config has `stage = "recipe"`, `recipe.steps` (step names in order), on
 config per step under `config.<step>` and `recipe.links`, triples (step, field, from_step) that
 set `config.<step>.<field>` to `<workdir>/<from_step>` before the step runs, e.g.
   ("ppo", "init.from_workdir", "sft"), ("ppo", "reward.from_workdir", "reward_model").
-Step k runs in `<workdir>/<step>`; a step whose export already exists is skipped, so rerunning
-the command resumes the recipe (and a step interrupted mid-way resumes from its checkpoint).
+Step k runs in `<workdir>/<step>`; a step whose export already exists and whose recorded
+config equals its config now is skipped, so rerunning the command resumes the recipe (and a step
+interrupted mid-way resumes from its checkpoint). Before any step runs, every step's config is
+compared with the one recorded in its workdir (train/workdir.py): a changed step stops the
+recipe up front with the differing fields (`--config.<step>.train.allow_config_change=True`
+accepts the fields safe to change on resume; the step then runs again and resumes).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import jax
 
 from rlhf_jax import stages, validate
+from rlhf_jax.train import workdir as workdir_lib
 
 
 def _set(config, dotted: str, value) -> None:
@@ -43,20 +48,46 @@ def check(config) -> None:
                        f"{source!r} must come before {step!r}; steps: {steps}")
 
 
+def _linked(config, workdir: str) -> None:
+  """Sets every link's field to its source step's workdir (absolute)."""
+  for target, field, source in config.recipe.links:
+    _set(config[target], field, os.path.abspath(os.path.join(workdir, source)))
+
+
+def check_workdirs(config, workdir: str) -> dict[str, bool]:
+  """Compares each step's config with the one recorded in its workdir, before any step runs;
+  raises one ConfigChangedError listing every changed step. Returns step -> whether the step's
+  export exists under an unchanged config (so it is skipped)."""
+  done, errors = {}, []
+  for step in config.recipe.steps:
+    step_dir = os.path.join(workdir, step)
+    try:
+      recorded = workdir_lib.check_config(config[step], step_dir, name=f"recipe step {step!r}",
+                                          override_prefix=f"{step}.")
+    except workdir_lib.ConfigChangedError as e:
+      errors.append(str(e))
+      continue
+    unchanged = recorded and not workdir_lib.config_diff(
+        workdir_lib.recorded_config(step_dir), config[step].to_dict())
+    done[step] = unchanged and os.path.exists(os.path.join(step_dir, "export", "export.json"))
+  if errors:
+    raise workdir_lib.ConfigChangedError("\n".join(errors))
+  return done
+
+
 def run(config, workdir: str) -> dict:
   check(config)
+  _linked(config, workdir)
+  done = check_workdirs(config, workdir)
   summary = {}
   for step in config.recipe.steps:
     sub = config[step]
     step_dir = os.path.join(workdir, step)
-    for target, field, source in config.recipe.links:
-      if target == step:
-        _set(sub, field, os.path.abspath(os.path.join(workdir, source)))
-    if os.path.exists(os.path.join(step_dir, "export", "export.json")):
+    if done[step]:
       logging.info("recipe: %s already done (%s), skipping", step, step_dir)
     else:
       logging.info("recipe: running %s (stage %s) in %s", step, sub.stage, step_dir)
-      stages.get_stage(sub.stage).run(sub, step_dir)
+      stages.run(sub, step_dir, name=f"recipe step {step!r}", override_prefix=f"{step}.")
     summary[step] = {"stage": sub.stage, "workdir": os.path.abspath(step_dir)}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "recipe.json"), "w") as f:

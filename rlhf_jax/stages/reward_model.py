@@ -96,7 +96,9 @@ def run(config, workdir: str) -> loop.LoopResult:
   result = loop.run(config=config, workdir=workdir, mesh=mesh, state=state,
                     state_shardings=shardings, train_step=train_step, train_iter=train_iter,
                     evaluate=make_evaluator(graphdef, eval_arrays, mesh, config),
-                    tokens_per_step=lambda b: int(b["chosen_mask"].sum() + b["rejected_mask"].sum()))
+                    tokens_per_step=lambda b: int(b["chosen_mask"].sum() + b["rejected_mask"].sum()),
+                    learning_rate=optimizer_lib.make_schedule(config.optimizer,
+                                                              config.train.num_steps))
   if result.finished:
     params = to_plain(result.state.params)  # adapters merged: the plain scalar model
     plain_graphdef, _ = state_lib.abstract_model(make_model)

@@ -15,9 +15,10 @@ import logging
 import jax
 import numpy as np
 
-from rlhf_jax.data import packing, pipeline, tokenizer as tokenizer_lib
+from rlhf_jax.data import builders, packing, pipeline, tokenizer as tokenizer_lib
 from rlhf_jax.stages import common
-from rlhf_jax.train import aot, export, lora, loop, optimizer as optimizer_lib, precision
+from rlhf_jax.train import aot, export, lora, loop, nonfinite, optimizer as optimizer_lib
+from rlhf_jax.train import precision
 from rlhf_jax.train import sft as sft_steps, state as state_lib
 
 
@@ -40,17 +41,49 @@ def make_evaluator(graphdef, eval_arrays, mesh, config):
   return evaluate
 
 
-def read_jsonl_records(path: str) -> list[dict]:
-  records = []
-  with open(path) as f:
-    for line_no, line in enumerate(f, 1):
+def read_jsonl_records(path: str) -> tuple[list[dict], list[str]]:
+  """SFT records from the JSONL file `path` (data.sft_records_path), checked as they are read.
+
+  One JSON object per line with the text fields of an SFT record (builders.SCHEMAS["sft"]:
+  "prompt", "completion"; other fields are kept and ignored); blank lines are skipped. Returns
+  (records, where) with where[i] = "path:line" (1-based) of record i, which prepare_sft puts in
+  its messages. A line that is not UTF-8, not JSON, not an object or lacks a text field raises
+  ValueError naming path:line and what is wrong, before any tokenization or training."""
+  fields = [k for k, kind in builders.SCHEMAS["sft"].items() if kind == "text"]
+  records, where = [], []
+  offset = 0  # bytes before the current line
+  with open(path, "rb") as f:
+    for line_no, raw in enumerate(f, 1):
+      at = f"{path}:{line_no}"
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise ValueError(f"{at}: invalid UTF-8 ({e.reason}) at byte {e.start} of the line (byte "
+                         f"offset {offset + e.start} of the file)") from None
+      offset += len(raw)
+      line = line.removeprefix("\ufeff") if line_no == 1 else line  # a BOM is allowed
       if not line.strip():
         continue
       try:
-        records.append(json.loads(line))
+        record = json.loads(line)
       except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-  return records
+        raise ValueError(f"{at}: not valid JSON ({e.msg} at column {e.colno})") from None
+      if not isinstance(record, dict):
+        raise ValueError(f"{at}: expected a JSON object with text fields {fields}, got "
+                         f"{type(record).__name__}")
+      for field in fields:
+        value = record.get(field)
+        if not isinstance(value, str):
+          got = ("missing" if field not in record else
+                 f"not text but {'null' if value is None else type(value).__name__}")
+          raise ValueError(f"{at}: field {field!r} is {got}; an SFT record has text fields "
+                           f"{fields} (this one has {sorted(record)})")
+      records.append(record)
+      where.append(at)
+  if not records:
+    raise ValueError(f"{path}: no records (the file is empty or blank); expected one JSON object "
+                     f"per line with text fields {fields}")
+  return records, where
 
 
 def init_lm(config, mesh, rules, make_model):
@@ -66,11 +99,13 @@ def run(config, workdir: str) -> loop.LoopResult:
   tok_spec = common.tokenizer_spec(config, workdir, task)
   tok = tokenizer_lib.from_spec(tok_spec)
   layout = common.layout(config, tok)
+  where = None  # each record's path:line (data.sft_records_path), for error messages
   if config.data.sft_records_path:
-    train_records, name = read_jsonl_records(config.data.sft_records_path), "sft_records_path"
+    train_records, where = read_jsonl_records(config.data.sft_records_path)
+    name = "sft_records_path"
   else:
     train_records, name = common.records(config, workdir, "sft", "train"), config.task.name
-  train_arrays, _ = pipeline.prepare_sft(train_records, layout, name=f"{name}/train")
+  train_arrays, _ = pipeline.prepare_sft(train_records, layout, name=f"{name}/train", where=where)
   if config.data.packing:
     train_arrays, _ = packing.pack_sft(train_arrays, layout.prompt_len + layout.completion_len,
                                        name=f"{name}/train")
@@ -88,14 +123,15 @@ def run(config, workdir: str) -> loop.LoopResult:
       adapted.make_model, adapted.tx, mesh, rules, config.seed, params=adapted.params)
   logging.info("sft: %s parameters on mesh %s", f"{state_lib.param_count(state.params):,}",
                dict(mesh.shape))
-  train_step = sft_steps.make_train_step(graphdef, adapted.tx,
-                                         microbatches=config.train.microbatches,
-                                         trainable=adapted.trainable)
+  train_step = nonfinite.guard_step(
+      sft_steps.make_train_step(graphdef, adapted.tx, microbatches=config.train.microbatches,
+                                trainable=adapted.trainable), mode=config.train.nonfinite)
   jit_step = not config.train.aot_memory or bool(buckets)
   if config.train.aot_memory:  # the loop runs the executable compiled here (full width only)
     compiled, _, _ = aot.log_train_step_memory(train_step, state, shardings, train_arrays,
                                                config.data.batch_size, mesh)
-    train_step = train_step if buckets else compiled
+    if not buckets:
+      train_step = loop.with_names(compiled, train_step)
 
   train_iter = iter(pipeline.train_dataset(
       train_arrays, global_batch=config.data.batch_size, seed=config.seed,
@@ -105,7 +141,9 @@ def run(config, workdir: str) -> loop.LoopResult:
                     state_shardings=shardings,
                     train_step=train_step, train_iter=train_iter,
                     evaluate=make_evaluator(graphdef, eval_arrays, mesh, config),
-                    tokens_per_step=lambda b: int(np.sum(b["mask"])), jit=jit_step)
+                    tokens_per_step=lambda b: int(np.sum(b["mask"])), jit=jit_step,
+                    learning_rate=optimizer_lib.make_schedule(config.optimizer,
+                                                              config.train.num_steps))
   if result.finished:
     export.save(workdir, adapted.export(result.state.params), kind="lm",
                 model_config=model_cfg, tokenizer=tok_spec)

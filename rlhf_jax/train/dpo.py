@@ -16,6 +16,14 @@ from rlhf_jax.generation import scoring
 from rlhf_jax.train import microbatch
 
 REFERENCE_FREE = ("simpo", "orpo")
+# Preference-family entries that are terms added to a pair loss (sft_coef · chosen NLL, the RPO
+# term), not pair losses of their own.
+TERMS = ("chosen_nll",)
+
+
+def pair_loss_names() -> list[str]:
+  """The loss.name values `pair_loss` can run: the preference family less its TERMS."""
+  return [n for n in losses.names("preference") if n not in TERMS]
 
 
 def sequence_logps(graphdef, params, tokens_BxS, mask_BxS, completion_mask_BxS, prompt_len: int):

@@ -18,7 +18,7 @@ from flax import nnx
 
 from rlhf_jax import models
 from rlhf_jax.parallel import distributed, sharding as sharding_lib
-from rlhf_jax.train import state as state_lib
+from rlhf_jax.train import nonfinite, state as state_lib
 
 KINDS = ("lm", "scalar")
 
@@ -85,5 +85,6 @@ def load(workdir: str, mesh, rules, *, kind: str | None = None) -> Exported:
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(lead + a.shape, a.dtype, sharding=s),
                         nnx.to_pure_dict(abstract), shardings)
   params = ocp.StandardCheckpointer().restore(os.path.join(directory, "params"), target)
+  nonfinite.check_finite(params, f"export {directory}")
   return Exported(kind=meta["kind"], model_config=cfg, params=params, tokenizer=meta["tokenizer"],
                   extra=meta["extra"], graphdef=graphdef)

@@ -1,18 +1,29 @@
-"""The generic training loop: sharded jitted steps, metrics, evaluation, checkpoints, resume.
+"""The generic training loop: sharded jitted steps, metrics, evaluation, checkpoints, resume,
+the non-finite guard and graceful preemption.
 
 `run` drives any stage given
   train_step(state, batch, rng) -> (state, metrics)   a pure function (jitted here with explicit
                                                        in/out shardings and state donation)
   train_iter                                           a grain iterator of per-process batches
   evaluate(state) -> metrics                           optional, called every eval_every steps
-It resumes from the latest checkpoint in `<workdir>/checkpoints` when there is one: state,
-iterator position and step, so a resumed run reproduces the uninterrupted one exactly.
+It resumes from the newest checkpoint in `<workdir>/checkpoints` that restores and verifies
+(train/checkpoint.py sets damaged ones aside): state, iterator position and step, so a resumed
+run reproduces the uninterrupted one exactly.
+
+Every step is checked for non-finite values inside the jitted step (train/nonfinite.py; the
+flags are fetched at the points where the loop waits anyway: logging, evaluation, checkpoints).
+After each step the loop asks train/preemption.py whether a SIGTERM/SIGINT arrived; if so it
+checkpoints that step and raises `preemption.Preempted`.
+
+Checkpoints: every train.checkpoint_every steps (0 = auto: a tenth of the run, so no stop loses
+more than ~10% of the steps), at the end, and on preemption.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from typing import Any, Callable, Optional
@@ -22,7 +33,7 @@ import numpy as np
 import tqdm
 
 from rlhf_jax.parallel import sharding as sharding_lib
-from rlhf_jax.train import checkpoint as ckpt_lib
+from rlhf_jax.train import checkpoint as ckpt_lib, nonfinite, preemption
 from rlhf_jax.train.metrics import MetricsWriter
 
 
@@ -40,8 +51,31 @@ def to_global(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
 def jit_train_step(train_step, state_shardings, example_batch, mesh):
   batch_sh = {k: sharding_lib.batch_sharding(mesh, np.ndim(v)) for k, v in example_batch.items()}
   repl = sharding_lib.replicated(mesh)
-  return jax.jit(train_step, in_shardings=(state_shardings, batch_sh, repl),
-                 out_shardings=(state_shardings, repl), donate_argnums=0)
+  jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_sh, repl),
+                   out_shardings=(state_shardings, repl), donate_argnums=0)
+  if hasattr(train_step, "checked_names"):
+    jitted.checked_names = train_step.checked_names
+  return jitted
+
+
+def with_names(fn, guarded):
+  """`fn` (e.g. an ahead-of-time compiled `guarded`) carrying `guarded`'s checked_names."""
+  def step(state, batch, rng):
+    return fn(state, batch, rng)
+  step.checked_names = guarded.checked_names
+  return step
+
+
+def checkpoint_every(train_config) -> int:
+  """train.checkpoint_every, or (0) a tenth of train.num_steps, rounded up."""
+  every = int(train_config.checkpoint_every)
+  return every if every > 0 else max(1, math.ceil(int(train_config.num_steps) / 10))
+
+
+def _show(bar, row: dict) -> None:
+  shown = {k.split("/", 1)[1]: row[k] for k in ("train/loss", "train/reward",
+                                                 "train/tokens_per_sec") if k in row}
+  bar.set_postfix({k: "nan" if v is None else f"{v:.4g}" for k, v in shown.items()})
 
 
 @dataclasses.dataclass
@@ -55,33 +89,48 @@ class LoopResult:
 
 def run(*, config, workdir: str, mesh, state, state_shardings, train_step: Callable,
         train_iter, evaluate: Optional[Callable[[Any], dict]] = None,
-        tokens_per_step: Optional[Callable[[dict], int]] = None, jit: bool = True) -> LoopResult:
+        tokens_per_step: Optional[Callable[[dict], int]] = None, jit: bool = True,
+        learning_rate: Optional[Callable[[int], float]] = None) -> LoopResult:
   """Runs the stage's steps. With jit=False, `train_step` is called as given (online RL: an
-  iteration made of several jitted pieces and host work) and `jitted_step` is that callable."""
+  iteration made of several jitted pieces and host work, which adds the non-finite flag itself)
+  and `jitted_step` is that callable.
+
+  learning_rate: the optimizer's schedule of its step count; logged as train/learning_rate at
+  the state's step (the rate of the last update)."""
   tc = config.train
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=tc.keep_checkpoints)
   start = 0
-  latest = ckpt.latest_step()
-  if latest is not None:
-    abstract = ckpt_lib.abstract_like(state, state_shardings)
-    state, data_state, _ = ckpt.restore(latest, abstract)
+  restored = ckpt.restore_latest(ckpt_lib.abstract_like(state, state_shardings))
+  if restored is not None:
+    start, state, data_state, _ = restored
     train_iter.set_state(data_state)
-    start = latest
-    logging.info("resumed from %s at step %d", ckpt.directory, latest)
+    logging.info("resumed from %s at step %d", ckpt.directory, start)
 
-  writer = MetricsWriter(workdir, tensorboard=tc.tensorboard)
+  writer = MetricsWriter(workdir, tensorboard=tc.tensorboard, resume_step=start)
+  if writer.dropped:
+    logging.info("metrics.jsonl: %d rows after step %d dropped (they are logged again)",
+                 writer.dropped, start)
+  if jit and not hasattr(train_step, "checked_names"):  # not guarded by the stage already
+    train_step = nonfinite.guard_step(train_step, mode=tc.nonfinite)
+  monitor = nonfinite.Monitor(
+      stage=config.stage, mode=tc.nonfinite, max_skips=tc.nonfinite_max_skips,
+      names_of=lambda: getattr(jitted, "checked_names", None) or ())
   history: list[dict] = []
   rng = jax.random.key(config.seed)
   jitted = None
+  every = checkpoint_every(tc)
   bar = tqdm.tqdm(total=tc.num_steps, initial=start, disable=jax.process_index() != 0,
                   dynamic_ncols=True, mininterval=2.0, desc=config.stage)
   if tc.eval_every <= 0:
     evaluate = None  # eval_every = 0 turns evaluation off
-  if evaluate is not None and start == 0:
-    history.append(writer.write(0, {f"eval/{k}": v for k, v in evaluate(state).items()}))
+  last = tc.num_steps if tc.stop_at_step <= 0 else min(tc.stop_at_step, tc.num_steps)
   window_tokens, window_start = 0, time.perf_counter()
   try:
-    last = tc.num_steps if tc.stop_at_step <= 0 else min(tc.stop_at_step, tc.num_steps)
+    if preemption.should_stop(start):  # a signal arrived while the stage was being set up
+      raise preemption.preempted(config.stage, start, None if restored is None
+                                 else ckpt.describe_latest())
+    if evaluate is not None and start == 0:
+      history.append(writer.write(0, {f"eval/{k}": v for k, v in evaluate(state).items()}))
     for step in range(start, last):
       local_batch = next(train_iter)
       batch = to_global(local_batch, mesh)
@@ -89,26 +138,42 @@ def run(*, config, workdir: str, mesh, state, state_shardings, train_step: Calla
         jitted = (jit_train_step(train_step, state_shardings, local_batch, mesh) if jit
                   else train_step)
       state, metrics = jitted(state, batch, jax.random.fold_in(rng, step))
-      window_tokens += tokens_per_step(local_batch) * jax.process_count() if tokens_per_step else 0
       done = step + 1
-      if done % tc.log_every == 0 or done == last:
-        elapsed = time.perf_counter() - window_start
-        row = {f"train/{k}": v for k, v in metrics.items()}
-        if tokens_per_step is not None:
-          row["train/tokens_per_sec"] = window_tokens / max(elapsed, 1e-9)
-        row = writer.write(done, row)
-        history.append(row)
-        shown = {k.split("/", 1)[1]: row[k] for k in ("train/loss", "train/reward",
-                                                       "train/tokens_per_sec") if k in row}
-        bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
-        window_tokens, window_start = 0, time.perf_counter()
+      metrics = monitor.record(done, metrics)
+      window_tokens += tokens_per_step(local_batch) * jax.process_count() if tokens_per_step else 0
+      stop = preemption.should_stop(done)
+      is_eval = evaluate is not None and (done % tc.eval_every == 0 or done == last)
+      is_ckpt = done % every == 0 or done == last or stop
+      is_log = done % tc.log_every == 0 or done == last
+      if is_log or is_eval or is_ckpt:
+        try:  # the flags of the steps since the last check; raises on a non-finite step
+          monitor.check(last_good=ckpt.describe_latest())
+        except nonfinite.NonFiniteError:
+          is_log = True  # this step's row is written before stopping
+          raise
+        finally:
+          if is_log:
+            row = {f"train/{k}": v for k, v in metrics.items()}
+            if tokens_per_step is not None:
+              # the device work of the window is done: the check above waited for it
+              elapsed = time.perf_counter() - window_start
+              row["train/tokens_per_sec"] = window_tokens / max(elapsed, 1e-9)
+            if learning_rate is not None:
+              row["train/learning_rate"] = learning_rate(max(int(state.step) - 1, 0))
+            row.update({f"train/{k}": v for k, v in monitor.metrics().items()})
+            history.append(writer.write(done, row))
+            _show(bar, history[-1])
+            window_tokens, window_start = 0, time.perf_counter()
       paused = time.perf_counter()  # eval and checkpoint time is kept out of tokens/s
-      if evaluate is not None and (done % tc.eval_every == 0 or done == last):
+      if is_eval:
         history.append(writer.write(done, {f"eval/{k}": v for k, v in evaluate(state).items()}))
-      if done % tc.checkpoint_every == 0 or done == last:
+      if is_ckpt:
         ckpt.save(done, state, train_iter.get_state(), config.to_dict(), force=True)
       window_start += time.perf_counter() - paused
       bar.update(1)
+      if stop and done < last:
+        ckpt.wait()
+        raise preemption.preempted(config.stage, done, ckpt.describe_latest())
   finally:
     bar.close()
     ckpt.close()

@@ -1,14 +1,24 @@
 """Metrics sinks: `<workdir>/metrics.jsonl` (one JSON object per logged step, with `step`) and
-TensorBoard event files with the same keys. Only process 0 writes."""
+TensorBoard event files with the same keys. Only process 0 writes.
+
+The JSONL file is strict JSON: a non-finite value is written as `null` and the row names it in
+`nonfinite_keys` (NaN and Infinity are not JSON; strict parsers reject them). A run resumed from
+the checkpoint at step S first drops the rows a previous invocation logged after S (and, at a
+fresh start, its initial evaluation): they are logged again as the steps are replayed, so no
+step appears twice. TensorBoard purges its events after S likewise.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from typing import Mapping
+from typing import Mapping, Optional
 
 import jax
 import numpy as np
+
+NONFINITE_KEYS = "nonfinite_keys"
 
 
 def to_python(value):
@@ -16,26 +26,83 @@ def to_python(value):
   return value.item() if value.ndim == 0 else value.tolist()
 
 
+def _finite_or_none(value):
+  """(JSON-safe value, whether something non-finite was replaced by None)."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None, True
+  if isinstance(value, list):
+    pairs = [_finite_or_none(v) for v in value]
+    return [v for v, _ in pairs], any(bad for _, bad in pairs)
+  return value, False
+
+
+def strict_row(step: int, metrics: Mapping[str, object]) -> dict:
+  """{"step": step, key: value, ...} with non-finite values as None, named in nonfinite_keys."""
+  row, bad = {"step": int(step)}, []
+  for k, v in metrics.items():
+    row[k], replaced = _finite_or_none(to_python(v))
+    if replaced:
+      bad.append(k)
+  if bad:
+    row[NONFINITE_KEYS] = bad
+  return row
+
+
+def _replayed(row: dict, step: int) -> bool:
+  """Whether a run resumed at `step` logs `row` again: a later step, or at step 0 (a fresh
+  start) the initial evaluation."""
+  return row["step"] > step or (step == 0 and any(k.startswith("eval/") for k in row))
+
+
+def _drop_replayed(path: str, step: int) -> int:
+  """Rewrites `path` without the rows a run resumed at `step` logs again; returns how many rows
+  were dropped."""
+  if not os.path.exists(path):
+    return 0
+  rows = read_jsonl(path, strict=False)
+  keep = [r for r in rows if not _replayed(r, step)]
+  if len(keep) == len(rows):
+    return 0
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    for r in keep:
+      f.write(json.dumps(r, allow_nan=False) + "\n")
+  os.replace(tmp, path)
+  return len(rows) - len(keep)
+
+
 class MetricsWriter:
-  def __init__(self, workdir: str, *, tensorboard: bool = True):
+  """resume_step: the step this invocation starts from (the restored checkpoint's, 0 for a fresh
+  start); rows after it are dropped first. None appends to what is there."""
+
+  def __init__(self, workdir: str, *, tensorboard: bool = True,
+               resume_step: Optional[int] = None):
     self.active = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tb = None
+    self.dropped = 0
     if self.active:
       os.makedirs(workdir, exist_ok=True)
+      if resume_step is not None:
+        self.dropped = _drop_replayed(self.path, resume_step)
       if tensorboard:
         from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        purge = None if resume_step is None else resume_step + (1 if resume_step > 0 else 0)
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge)
+
+  def logged(self, key: str) -> bool:
+    """Whether a row with `key` is in the file already."""
+    return os.path.exists(self.path) and any(key in r for r in read_jsonl(self.path))
 
   def write(self, step: int, metrics: Mapping[str, object]) -> dict:
-    row = {"step": int(step), **{k: to_python(v) for k, v in metrics.items()}}
+    row = strict_row(step, metrics)
     if not self.active:
       return row
     with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
+      f.write(json.dumps(row, allow_nan=False) + "\n")
     if self._tb is not None:
       for key, value in row.items():
-        if key != "step" and isinstance(value, (int, float)):
+        if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
           self._tb.add_scalar(key, value, int(step))
       self._tb.flush()
     return row
@@ -45,6 +112,11 @@ class MetricsWriter:
       self._tb.close()
 
 
-def read_jsonl(path: str) -> list[dict]:
+def read_jsonl(path: str, *, strict: bool = True) -> list[dict]:
+  """The rows of a metrics file; strict (the default) rejects NaN/Infinity literals."""
+  def reject(name):
+    raise ValueError(f"{path}: non-standard JSON constant {name}")
+
+  kwargs = {"parse_constant": reject} if strict else {}
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line, **kwargs) for line in f if line.strip()]

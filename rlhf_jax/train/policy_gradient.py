@@ -19,6 +19,9 @@ from rlhf_jax import losses
 from rlhf_jax.generation import score_tokens
 
 ALGORITHMS = ("grpo", "rloo", "reinforce")
+# Smallest pg.group_size per algorithm: group statistics (mean, std, leave-one-out) need two
+# samples per prompt (losses/advantages.py); REINFORCE's batch baseline does not.
+MIN_GROUP_SIZE = {"grpo": 2, "rloo": 2, "reinforce": 1}
 
 
 def kl_in_loss(cfg) -> bool:

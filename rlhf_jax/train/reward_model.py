@@ -19,6 +19,10 @@ from rlhf_jax import losses
 from rlhf_jax.rewards import learned
 from rlhf_jax.train import microbatch
 
+# Reward-family losses of one (chosen, rejected) score pair, ℓ(r_w, r_l), that the step can call;
+# plackett_luce ranks K > 2 completions per prompt and has no pairwise form here.
+PAIRWISE_LOSSES = ("bradley_terry",)
+
 
 def pair_scores(graphdef, stacked_params, batch):
   chosen_ExB = learned.ensemble_scores(graphdef, stacked_params, batch["chosen_tokens"],

@@ -2,9 +2,11 @@
 SFT (train and eval losses), then GRPO from that SFT export (rollouts, rewards, losses)."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -43,23 +45,34 @@ def _run_single(workdir, args):
   assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def _run_two_processes(workdir, args):
+def _run_two_processes(workdir, args, *, sigterm_after=None):
+  """Runs `args` as two processes; sigterm_after=k sends SIGTERM to process 1 alone once step k
+  is logged (process 0 writes the metrics). Returns the processes' stderr texts."""
   port = _free_port()
   procs = [subprocess.Popen(_command([f"--workdir={workdir}", *args]),
                             env=_env(4, RLHF_JAX_COORDINATOR=f"localhost:{port}",
                                      RLHF_JAX_NUM_PROCESSES="2", RLHF_JAX_PROCESS_ID=str(i)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for i in range(2)]
+  if sigterm_after is not None:
+    path, deadline = os.path.join(workdir, "metrics.jsonl"), time.time() + 600
+    while not (os.path.exists(path) and sigterm_after in _losses(workdir)[2]):
+      assert procs[0].poll() is None and time.time() < deadline
+      time.sleep(0.01)
+    procs[1].send_signal(signal.SIGTERM)
   outs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-3000:]
+    assert p.returncode == (0 if sigterm_after is None else 143), err[-3000:]
   assert "process 1 of 2" in outs[1][1]
+  return [err for _, err in outs]
 
 
 def _losses(workdir):
+  """(train losses, eval losses, logged train steps)."""
   rows = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   return ([r["train/loss"] for r in rows if "train/loss" in r],
-          [r["eval/loss"] for r in rows if "eval/loss" in r])
+          [r["eval/loss"] for r in rows if "eval/loss" in r],
+          [r["step"] for r in rows if "train/loss" in r])
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +83,20 @@ def sft_single(tmp_path_factory):
   return workdir
 
 
-def test_multihost_sft_matches_single_process(sft_single, tmp_path):
+def test_multihost_sft_preempted_on_one_host_resumes_and_matches_single_process(sft_single,
+                                                                               tmp_path):
+  """SIGTERM to one of the two processes: both stop after the same step (JAX's preemption sync
+  point), checkpointed; rerunning both resumes and ends as the one-process run."""
   multi = tmp_path / "multi"
+  errs = _run_two_processes(multi, SFT_ARGS, sigterm_after=3)
+  lines = [e.strip().splitlines()[-1] for e in errs]
+  assert lines[0] == lines[1] and "sft: stopped by SIGTERM after step" in lines[0], lines
+  stopped = int(lines[0].split("after step ")[1].split(";")[0])
+  assert 3 <= stopped < 40 and os.path.isdir(multi / "checkpoints" / str(stopped))
   _run_two_processes(multi, SFT_ARGS)
-  train_1, eval_1 = _losses(sft_single)
-  train_2, eval_2 = _losses(multi)
-  assert len(train_1) == 40 and len(train_2) == 40  # only process 0 wrote metrics
+  train_1, eval_1, _ = _losses(sft_single)
+  train_2, eval_2, steps_2 = _losses(multi)
+  assert len(train_1) == 40 and steps_2 == list(range(1, 41))  # only process 0 wrote metrics
   np.testing.assert_allclose(train_2, train_1, rtol=2e-5)
   np.testing.assert_allclose(eval_2, eval_1, rtol=2e-5)
 

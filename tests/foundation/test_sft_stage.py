@@ -1,17 +1,19 @@
 """SFT end to end: sharded equivalence, one compilation, learning, exact resume."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 import pytest
 
 from rlhf_jax import configlib, models
-from rlhf_jax.parallel import mesh as mesh_lib
+from rlhf_jax.parallel import mesh as mesh_lib, sharding as sharding_lib
 from rlhf_jax.stages import sft as sft_stage
-from rlhf_jax.train import loop, metrics as metrics_lib, optimizer, sft as sft_steps
+from rlhf_jax.train import export, loop, metrics as metrics_lib, optimizer, sft as sft_steps
 from rlhf_jax.train import state as state_lib
 
 
@@ -56,9 +58,12 @@ def test_shard_equivalence_8_devices_vs_1():
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("sft"))
-  config = configlib.get("configs/sft.py:test", [("train.num_steps", "30"),
-                                                 ("train.eval_every", "30")])
-  return sft_stage.run(config, workdir), workdir
+  return sft_stage.run(_sft_config(), workdir), workdir
+
+
+def _sft_config():
+  return configlib.get("configs/sft.py:test", [("train.num_steps", "30"),
+                                               ("train.eval_every", "30")])
 
 
 def test_train_step_compiles_once_over_steps(sft_run):
@@ -73,17 +78,33 @@ def test_sft_eval_loss_falls(sft_run):
   evals = [r for r in rows if "eval/loss" in r]
   assert evals[0]["step"] == 0 and evals[-1]["step"] == 30
   assert evals[-1]["eval/loss"] < 0.5 * evals[0]["eval/loss"], evals
-  assert {"step", "train/loss", "train/tokens_per_sec"} <= set(rows[1])
+  assert {"step", "train/loss", "train/tokens_per_sec", "train/learning_rate"} <= set(rows[1])
+  schedule = optimizer.make_schedule(_sft_config().optimizer, 30)
+  for row in rows:  # the rate of the last update: the schedule at the step before
+    if "train/learning_rate" in row:
+      assert row["train/learning_rate"] == pytest.approx(float(schedule(row["step"] - 1)))
 
 
-def _cli(workdir, *overrides):
+def _cli(workdir, *overrides, stop_after=None):
+  """Runs the SFT test config in a fresh process (40 steps). stop_after=k: once step k is logged,
+  the process gets SIGTERM (SIGSTOP first, so it stops a few steps before the end at most)."""
   # A sentencepiece vocabulary trained on the task's text and cached in the workdir (the resumed
   # run must find the same one).
   cmd = [sys.executable, "-m", "rlhf_jax.main", "--config=configs/sft.py:test",
-         f"--workdir={workdir}", "--config.train.log_every=1",
+         f"--workdir={workdir}", "--config.train.log_every=1", "--config.train.num_steps=40",
          "--config.tokenizer.kind=sentencepiece", *overrides]
-  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  if stop_after is not None:
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 300
+    while not (os.path.exists(metrics) and _losses(workdir).get(stop_after)):
+      assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+      time.sleep(0.01)
+    proc.send_signal(signal.SIGSTOP)
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGCONT)
+  _, err = proc.communicate(timeout=600)
+  return proc.returncode, err
 
 
 def _losses(workdir):
@@ -91,12 +112,27 @@ def _losses(workdir):
   return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
 
 
-def test_checkpoint_resume_in_fresh_process_is_exact(tmp_path):
+def _rows(workdir):
+  """metrics.jsonl without the wall-clock figures."""
+  return [{k: v for k, v in r.items() if k != "train/tokens_per_sec"}
+          for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
+
+
+def test_sigterm_checkpoints_and_the_resumed_run_is_bit_identical(tmp_path):
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-  _cli(straight)
-  _cli(resumed, "--config.train.stop_at_step=4")  # "preempted" after step 4 (checkpointed)
-  assert sorted(_losses(resumed)) == [1, 2, 3, 4]
-  _cli(resumed)  # a fresh process resumes from the step-4 checkpoint
-  want, got = _losses(straight), _losses(resumed)
-  assert sorted(got) == list(range(1, 11))
-  np.testing.assert_array_equal([got[s] for s in range(1, 11)], [want[s] for s in range(1, 11)])
+  code, err = _cli(straight)
+  assert code == 0, err[-3000:]
+  code, err = _cli(resumed, stop_after=3)  # a preemption notice after step 3
+  assert code == 143, err[-3000:]  # 128 + SIGTERM
+  last = err.strip().splitlines()[-1]
+  assert "Traceback" not in err and last.startswith("rlhf-jax: preempted: sft: stopped by SIGTERM "
+                                                    "after step "), last
+  stopped = int(last.split("after step ")[1].split(";")[0])
+  assert 3 <= stopped < 40 and f"checkpoints/{stopped} (step {stopped})" in last
+  assert not os.path.exists(resumed / "export")
+  code, err = _cli(resumed)  # the same command resumes from that checkpoint
+  assert code == 0, err[-3000:]
+  assert _rows(resumed) == _rows(straight)  # every logged value, every step once
+  mesh, rules = mesh_lib.make_mesh({"data": -1}), sharding_lib.DEFAULT_RULES
+  want, got = (jax.device_get(export.load(str(d), mesh, rules).params) for d in (straight, resumed))
+  jax.tree.map(np.testing.assert_array_equal, got, want)

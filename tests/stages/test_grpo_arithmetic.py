@@ -10,9 +10,10 @@ import sys
 
 from rlhf_jax.train import metrics as metrics_lib
 
-# After 900 SFT steps greedy held-out accuracy is well inside (0.1, 0.7) but where exactly depends
-# on the CPU's float32 arithmetic: 0.35 on an AVX2 (Zen 3) machine, 0.55 on an AVX-512 (Zen 4)
-# one. GRPO from the 0.55 start: 0.534 / 0.572 / 0.630 / 0.638 after 40 / 80 / 120 / 160 steps.
+# Where 900 SFT steps leave greedy held-out accuracy depends on the CPU's float32 arithmetic:
+# 0.35 on an AVX2 (Zen 3) machine, 0.55 on an AVX-512 Zen 4 one, 0.73 on a Zen 5 one. So the
+# test asserts no band for the start, only GRPO's gain over the start it measured: from 0.55,
+# 0.534 / 0.572 / 0.630 / 0.638 after 40 / 80 / 120 / 160 steps; from 0.73, 0.824 after 160.
 SFT_STEPS = 900
 GRPO_STEPS = 160
 EVAL_EXAMPLES = 500
@@ -38,7 +39,7 @@ def test_grpo_raises_verifier_accuracy_in_a_short_run(tmp_path):
   rows = [r for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
           if "eval/accuracy" in r]
   evals = [r["eval/accuracy"] for r in rows]
-  assert len(evals) == 2 and 0.1 < evals[0] < 0.7, evals  # step 0 (the SFT policy) and the end
+  assert len(evals) == 2, evals  # step 0 (the SFT policy) and the end
   assert evals[-1] > evals[0] + 0.05, evals
   # Sampled KL(pi || pi_ref) on the held-out prompts: 0 for the SFT policy itself, then positive.
   assert abs(rows[0]["eval/kl"]) < 1e-6 and rows[-1]["eval/kl"] > 0.01, rows

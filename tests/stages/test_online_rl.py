@@ -2,13 +2,17 @@
 learning with one compilation per jitted piece, PPO with the adaptive KL controller."""
 
 import os
+import signal
+import threading
+import time
 
 import jax
 import numpy as np
 import pytest
 
+from rlhf_jax.parallel import mesh as mesh_lib, sharding as sharding_lib
 from rlhf_jax.stages import online, policy_gradient, ppo
-from rlhf_jax.train import loop, metrics as metrics_lib
+from rlhf_jax.train import export, loop, metrics as metrics_lib, nonfinite, preemption
 from tests import stagelib
 
 
@@ -25,6 +29,7 @@ def _iterate(built, mesh, n, seed=0):
   for i in range(n):
     batch = loop.to_global(next(built.stream), mesh)
     state, metrics = built.iteration(state, batch, jax.random.key(seed + i))
+    assert metrics.pop(nonfinite.FLAG) == ""  # every value of the iteration finite
     rows.append({k: float(v) for k, v in metrics.items()})
   return state, rows
 
@@ -90,13 +95,22 @@ def test_grpo_raises_gold_reward_and_compiles_each_piece_once(sft_dir):
     assert fn._cache_size() == 1, name  # 16 iterations, one compilation each
 
 
-def test_ppo_gold_rises_and_adaptive_kl_tracks_target(sft_dir):
-  workdir = str(sft_dir / "ppo_adaptive")
+def _ppo_adaptive(sft_dir, workdir):
   config = _config("configs/ppo.py:test,adaptive", sft_dir, ("train.num_steps", "8"),
                    ("train.eval_every", "8"), ("kl.target", "0.05"), ("kl.horizon", "100"),
                    ("optimizer.lr", "1e-3"))
-  ppo.run(config, workdir)
-  rows = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  return ppo.run(config, str(workdir))
+
+
+@pytest.fixture(scope="module")
+def ppo_adaptive(sft_dir):
+  workdir = sft_dir / "ppo_adaptive"
+  _ppo_adaptive(sft_dir, workdir)
+  return workdir
+
+
+def test_ppo_gold_rises_and_adaptive_kl_tracks_target(ppo_adaptive):
+  rows = metrics_lib.read_jsonl(os.path.join(ppo_adaptive, "metrics.jsonl"))
   evals = [r for r in rows if "eval/gold_reward" in r]
   train = [r for r in rows if "train/kl_coef" in r]
   assert evals[-1]["eval/gold_reward"] > evals[0]["eval/gold_reward"] + 0.2, evals
@@ -105,3 +119,46 @@ def test_ppo_gold_rises_and_adaptive_kl_tracks_target(sft_dir):
   kls = [r["train/kl"] for r in train]
   assert all(b2 > b1 for b1, b2, kl in zip(betas, betas[1:], kls) if kl > 0.05 * 1.2), (betas, kls)
   assert betas[-1] > betas[0]
+
+
+def _sigterm_after(workdir, step):
+  """A thread that sends this process SIGTERM once `step` is logged in workdir's metrics."""
+  path = os.path.join(workdir, "metrics.jsonl")
+
+  def watch():
+    while not (os.path.exists(path) and any(
+        r["step"] >= step for r in metrics_lib.read_jsonl(path) if "train/loss" in r)):
+      time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  thread = threading.Thread(target=watch, daemon=True)
+  thread.start()
+  return thread
+
+
+def _without_clock(rows):
+  return [{k: v for k, v in r.items() if not (k.startswith("train/time/") or
+                                              k.endswith("tokens_per_sec"))} for r in rows]
+
+
+def test_ppo_sigterm_mid_run_checkpoints_and_resumes_bit_identically(sft_dir, ppo_adaptive):
+  workdir = sft_dir / "ppo_preempted"
+  preemption.install()  # as main does
+  try:
+    thread = _sigterm_after(workdir, 3)
+    with pytest.raises(preemption.Preempted, match="ppo: stopped by SIGTERM after step") as e:
+      _ppo_adaptive(sft_dir, workdir)
+    thread.join()
+  finally:
+    preemption.uninstall()
+  assert e.value.exit_code == 143
+  stopped = int(str(e.value).split("after step ")[1].split(";")[0])
+  assert 3 <= stopped < 8 and os.path.isdir(workdir / "checkpoints" / str(stopped))
+  result = _ppo_adaptive(sft_dir, workdir)  # the rerun resumes (beta included) and finishes
+  assert result.start_step == stopped and result.finished
+  want = metrics_lib.read_jsonl(os.path.join(ppo_adaptive, "metrics.jsonl"))
+  got = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  assert _without_clock(got) == _without_clock(want)
+  mesh, rules = mesh_lib.make_mesh({"data": -1}), sharding_lib.DEFAULT_RULES
+  load = lambda d: jax.device_get(export.load(str(d), mesh, rules).params)
+  jax.tree.map(np.testing.assert_array_equal, load(workdir), load(ppo_adaptive))

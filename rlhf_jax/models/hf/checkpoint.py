@@ -58,11 +58,26 @@ def safe_open(file: str, framework: str = "numpy"):
 
 
 def read_hf_config(path: str) -> dict:
+  """The config.json of checkpoint directory `path` as a dict.
+
+  Raises FileNotFoundError when it is missing and ValueError naming the file (and the line and
+  column of a JSON syntax error) when it is not UTF-8 JSON text holding an object."""
   file = os.path.join(path, CONFIG_FILE)
-  if not os.path.exists(file):
+  if not os.path.isfile(file):
     raise FileNotFoundError(f"no {CONFIG_FILE} in Hugging Face checkpoint directory {path!r}")
-  with open(file) as f:
-    return json.load(f)
+  with open(file, "rb") as f:
+    raw = f.read()
+  try:
+    hf_config = json.loads(raw.decode("utf-8").removeprefix("\ufeff"))  # a BOM is allowed
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{file}: not UTF-8 text (byte offset {e.start}: {e.reason})") from None
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{file}: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"
+                     ) from None
+  if not isinstance(hf_config, dict):
+    raise ValueError(f"{file}: expected a JSON object of model settings, got "
+                     f"{type(hf_config).__name__}")
+  return hf_config
 
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
@@ -76,8 +91,11 @@ def check_dir(path: str, *, tokenizer: bool = True) -> dict:
   tokenizer.model or tokenizer.json. Raises FileNotFoundError / ValueError naming what is
   missing; returns the config.json dict.
   """
-  if not path or not os.path.isdir(path):
+  if not path or not os.path.exists(path):
     raise FileNotFoundError(f"Hugging Face checkpoint directory {path!r} does not exist")
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path!r} is a file, not a Hugging Face checkpoint directory "
+                            f"(one holding {CONFIG_FILE}, *.safetensors and a tokenizer)")
   hf_config = read_hf_config(path)
   config_from_hf(hf_config)  # unsupported families / options fail here, before any loading
   names = sorted(os.listdir(path))
