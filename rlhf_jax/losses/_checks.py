@@ -77,3 +77,18 @@ def check_static_range(fn: str, arg: str, value: Any, *, low: float | None = Non
     lb = "[" if low_inclusive else "("
     hb = "]" if high_inclusive else ")"
     raise ValueError(f"{fn}: `{arg}` must lie in {lb}{lo}, {hi}{hb}, got {value!r}.")
+
+
+def masked_logits(fn: str, logits_BxTxV: Any, mask_BxT: Any) -> tuple[jax.Array, jax.Array]:
+  """Float32 logits with masked positions zeroed, and the [B, T] bool validity.
+
+  Zeroing the inputs before the softmax (not only the per-token result) keeps NaN/inf garbage in padded
+  positions out of both the loss and its gradient (the "double where" trick).
+  """
+  check_rank(fn, "logits_BxTxV", logits_BxTxV, 3, "[B, T, V]")
+  if jnp.shape(logits_BxTxV)[:2] != jnp.shape(mask_BxT):
+    raise ValueError(f"{fn}: `mask_BxT` has shape {tuple(jnp.shape(mask_BxT))} but `logits_BxTxV` has "
+                     f"shape {tuple(jnp.shape(logits_BxTxV))}; the leading [B, T] must match.")
+  logits = as_float(logits_BxTxV)
+  valid = as_mask(mask_BxT, logits) > 0
+  return jnp.where(valid[..., None], logits, 0.0), valid

@@ -204,7 +204,8 @@ def reinforce_advantages(rewards_B: jax.Array, *,
 
 
 def sequence_to_token(x_B: jax.Array, mask_BxT: jax.Array) -> jax.Array:
-  """Broadcasts a per-sequence value (e.g. a GRPO advantage) onto its tokens: `x_B[:, None] * mask_BxT`.
+  """Broadcasts a per-sequence value (e.g. a GRPO advantage) onto its tokens, 0 where `mask_BxT` is 0
+  (even if the value of a padded row is NaN).
 
   Args:
     x_B: [B] per-sequence values.
@@ -220,4 +221,4 @@ def sequence_to_token(x_B: jax.Array, mask_BxT: jax.Array) -> jax.Array:
     raise ValueError(f"{fn}: `x_B` has {jnp.shape(x_B)[0]} rows but `mask_BxT` has "
                      f"{jnp.shape(mask_BxT)[0]}.")
   x = _checks.as_float(x_B)
-  return x[:, None] * _checks.as_mask(mask_BxT, x)
+  return jnp.where(_checks.as_mask(mask_BxT, x) > 0, x[:, None], 0.0)

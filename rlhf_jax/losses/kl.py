@@ -8,7 +8,8 @@ For tokens sampled from :math:`\pi` and log-ratio :math:`\delta = \log\pi - \log
 - ``k2`` = :math:`\tfrac12 \delta^2` -- biased (its mean is a second-order approximation of the KL), low
   variance, >= 0.
 - ``k3`` = :math:`e^{-\delta} + \delta - 1` -- unbiased (:math:`E_\pi[e^{-\delta}] = 1`), low variance,
-  >= 0. This is the KL term of GRPO (Shao et al. 2024).
+  >= 0. This is the KL term of GRPO (Shao et al. 2024). The log-ratio is clamped to [-20, 20] before the
+  exponential, as in verl's ``low_var_kl`` (see `kl_penalty`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import jax.numpy as jnp
 from rlhf_jax.losses import _checks
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
+# The log-ratio clamp of verl's `kl_penalty(..., "low_var_kl")` before the exponential.
+K3_LOG_RATIO_CLAMP = 20.0
 
 
 def kl_penalty(logp_BxT: jax.Array, ref_logp_BxT: jax.Array, *, estimator: str) -> jax.Array:
@@ -32,6 +35,17 @@ def kl_penalty(logp_BxT: jax.Array, ref_logp_BxT: jax.Array, *, estimator: str) 
   See the module docstring for bias/variance (Schulman 2020). The reference is a constant (stop-gradient);
   gradients flow into `logp_BxT`, so `beta * k3` can be added to a GRPO loss. Mask and reduce the result
   with `aggregate_loss` / `masked_mean`.
+
+  k3 clamps the log-ratio before the exponential, as verl's ``low_var_kl`` does:
+
+  .. math::
+      k3 = e^{-\bar\delta_t} + \bar\delta_t - 1, \qquad \bar\delta_t = \mathrm{clip}(\delta_t, -20, 20)
+
+  so it stays finite (k3 <= e^20, and so does its gradient) for any finite log-probs: without the clamp
+  :math:`e^{-\delta}` overflows float32 for :math:`\delta < -88` and its gradient is NaN. Only
+  :math:`|\delta| > 20` (a probability ratio beyond e^20) is affected, where k3 is constant with zero
+  gradient. verl also clamps the k3 value to [-10, 10], which already bites at :math:`\delta \lesssim -2.6`;
+  that is a choice of the RL algorithm, not done here (TRL's k3 is unclamped). k1 and k2 are not clamped.
 
   Args:
     logp_BxT: [B, T] log-probs of the sampled tokens under the policy (any shape works if both match).
@@ -50,6 +64,7 @@ def kl_penalty(logp_BxT: jax.Array, ref_logp_BxT: jax.Array, *, estimator: str) 
   if estimator == "k2":
     return 0.5 * jnp.square(delta)
   # k3; expm1 keeps precision when delta is small: e^{-d} - 1 + d.
+  delta = jnp.clip(delta, -K3_LOG_RATIO_CLAMP, K3_LOG_RATIO_CLAMP)
   return jnp.expm1(-delta) + delta
 
 
@@ -58,14 +73,17 @@ def sequence_kl(logp_BxT: jax.Array, ref_logp_BxT: jax.Array, mask_BxT: jax.Arra
 
   Args:
     logp_BxT, ref_logp_BxT: [B, T] log-probs of the sampled tokens under the policy and reference.
-    mask_BxT: [B, T] 1 on completion tokens, 0 on padding.
+    mask_BxT: [B, T] 1 on completion tokens, 0 on padding (padded log-probs are ignored, even NaN).
 
   Returns:
     kl_B: [B] float32.
   """
   _checks.check_same_shape("sequence_kl", logp_BxT=logp_BxT, mask_BxT=mask_BxT)
-  k1_BxT = kl_penalty(logp_BxT, ref_logp_BxT, estimator="k1")
-  return jnp.sum(k1_BxT * _checks.as_float(mask_BxT), axis=1)
+  logp, ref = _checks.as_float(logp_BxT), _checks.as_float(ref_logp_BxT)
+  valid = _checks.as_mask(mask_BxT, logp) > 0
+  # Zero padded inputs before the arithmetic, so NaN garbage reaches neither the value nor the gradient.
+  k1_BxT = kl_penalty(jnp.where(valid, logp, 0.0), jnp.where(valid, ref, 0.0), estimator="k1")
+  return jnp.sum(k1_BxT, axis=1)
 
 
 def kl_shaped_rewards(scores_B: jax.Array, logp_BxT: jax.Array, ref_logp_BxT: jax.Array,
@@ -83,6 +101,8 @@ def kl_shaped_rewards(scores_B: jax.Array, logp_BxT: jax.Array, ref_logp_BxT: ja
   This is the reward of Ziegler et al. 2019 / Stiennon et al. 2020 / Ouyang et al. 2022 as implemented in
   TRL's PPO trainer (`kl_coef`, `missing_eos_penalty`, `kl_estimator` in {k1, k3}). Use the sampling-time
   log-probs for `logp_BxT`; the result carries no gradient (it is a reward). Pass it to `gae`.
+  Masked entries (and the score of a row with an empty mask) are ignored even if they hold NaN. With
+  ``estimator="k3"`` the per-token KL is clamped as described in `kl_penalty`.
 
   Args:
     scores_B: [B] sequence-level scores.
@@ -117,4 +137,5 @@ def kl_shaped_rewards(scores_B: jax.Array, logp_BxT: jax.Array, ref_logp_BxT: ja
   lengths_B = jnp.sum(mask, axis=-1).astype(jnp.int32)
   # one_hot(-1) is all zeros, so rows with an empty mask receive no score.
   last_BxT = jax.nn.one_hot(lengths_B - 1, t, dtype=kl_BxT.dtype)
-  return jnp.where(mask > 0, -beta * kl_BxT, 0.0) + last_BxT * scores[:, None]
+  # jnp.where, not a product: a NaN score of a padded (all-masked) row must not leak into its zeros.
+  return jnp.where(mask > 0, -beta * kl_BxT, 0.0) + jnp.where(last_BxT > 0, scores[:, None], 0.0)

@@ -14,6 +14,8 @@ from rlhf_jax.losses import _checks
 from rlhf_jax.losses import logprobs
 
 RATIO_LEVELS = ("token", "sequence")
+# The log-ratio is clamped to [-20, 20] before exp, as verl's `compute_policy_loss` does.
+LOG_RATIO_CLAMP = 20.0
 
 
 def _ratio_terms(fn, logp_BxT, old_logp_BxT, advantages_BxT, mask_BxT, clip_eps, clip_eps_high,
@@ -29,15 +31,18 @@ def _ratio_terms(fn, logp_BxT, old_logp_BxT, advantages_BxT, mask_BxT, clip_eps,
   _checks.check_static_range(fn, "clip_eps_high", clip_eps_high, low=0.0)
   _checks.check_static_range(fn, "dual_clip", dual_clip, low=1.0, low_inclusive=False)
   logp = _checks.as_float(logp_BxT)
-  old_logp = jax.lax.stop_gradient(_checks.as_float(old_logp_BxT))
-  adv = jax.lax.stop_gradient(_checks.as_float(advantages_BxT))
   mask = _checks.as_mask(mask_BxT, logp)
-  # Padding may hold garbage log-probs; zero them before exponentiating.
-  log_ratio = jnp.where(mask > 0, logp - old_logp, 0.0)
+  valid = mask > 0
+  # Padding may hold garbage, even NaN: zero every input there before any arithmetic, so that it reaches
+  # neither the loss nor its gradient (a `where` on the result alone lets 0 * NaN into the gradient).
+  logp = jnp.where(valid, logp, 0.0)
+  old_logp = jnp.where(valid, jax.lax.stop_gradient(_checks.as_float(old_logp_BxT)), 0.0)
+  adv = jnp.where(valid, jax.lax.stop_gradient(_checks.as_float(advantages_BxT)), 0.0)
+  log_ratio = logp - old_logp
   if level == "sequence":
     seq_log_ratio_B = jnp.sum(log_ratio, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
     log_ratio = jnp.broadcast_to(seq_log_ratio_B[:, None], log_ratio.shape)
-  ratio = jnp.exp(log_ratio)
+  ratio = jnp.exp(jnp.clip(log_ratio, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
   high = clip_eps if clip_eps_high is None else clip_eps_high
   unclipped = -adv * ratio
   clipped = -adv * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + high)
@@ -47,7 +52,7 @@ def _ratio_terms(fn, logp_BxT, old_logp_BxT, advantages_BxT, mask_BxT, clip_eps,
     cap = -dual_clip * adv  # positive where adv < 0
     dual_active = (adv < 0) & (loss > cap)
     loss = jnp.where(adv < 0, jnp.minimum(loss, cap), loss)
-  return dict(loss=loss * mask, mask=mask, log_ratio=log_ratio, ratio=ratio, adv=adv,
+  return dict(loss=jnp.where(valid, loss, 0.0), mask=mask, log_ratio=log_ratio, ratio=ratio, adv=adv,
               clip_active=clipped > unclipped, dual_active=dual_active, high=high)
 
 
@@ -70,6 +75,13 @@ def ppo_policy_loss(logp_BxT: jax.Array, old_logp_BxT: jax.Array, advantages_BxT
 
   GRPO (Shao et al. 2024) is this loss with group advantages broadcast over tokens, plus an optional
   `beta * kl_penalty(..., estimator="k3")` term. Old log-probs and advantages carry no gradient.
+
+  Numerical safety, as verl's ``compute_policy_loss``: the log-ratio (per token, or per sequence for
+  GSPO) is clamped to [-20, 20] before the exponential, i.e.
+  :math:`r_t = \exp(\mathrm{clip}(\log\pi_\theta - \log\pi_{old}, -20, 20))`, so the ratio is at most
+  :math:`e^{20} \approx 4.9 \cdot 10^8` instead of overflowing to inf (and -0 * inf = NaN). Beyond the
+  clamp the ratio is constant and its gradient 0; ordinary ratios are unaffected. Masked entries are
+  ignored even if they hold NaN (in the loss and in its gradient).
 
   Args:
     logp_BxT: [B, T] log-probs of the sampled tokens under the current policy.
@@ -99,8 +111,9 @@ def ppo_policy_metrics(logp_BxT: jax.Array, old_logp_BxT: jax.Array, advantages_
     - ``clip_frac_low`` / ``clip_frac_high``: ratio below :math:`1-\epsilon_{low}` with A < 0 / above
       :math:`1+\epsilon_{high}` with A > 0.
     - ``dual_clip_frac``: fraction of tokens capped by the dual clip.
-    - ``approx_kl``: :math:`\tfrac12 (\log r)^2` (the k2 estimate of KL(old || new), as TRL logs it).
-    - ``ratio_mean``, ``ratio_max``: statistics of the importance ratio.
+    - ``approx_kl``: :math:`\tfrac12 (\log r)^2` (the k2 estimate of KL(old || new), as TRL logs it), of
+      the log-ratio before the clamp.
+    - ``ratio_mean``, ``ratio_max``: statistics of the (clamped) importance ratio.
 
   Returns:
     dict of scalars.
@@ -134,7 +147,7 @@ def value_loss(values_BxT: jax.Array, old_values_BxT: jax.Array, returns_BxT: ja
                (\mathrm{clip}(V_t, V^{old}_t - \epsilon, V^{old}_t + \epsilon) - R_t)^2\big)
 
   `clip_eps=None` gives the unclipped :math:`\tfrac12 (V_t - R_t)^2`. Returns and old values carry no
-  gradient.
+  gradient. Masked entries are ignored even if they hold NaN (in the loss and in its gradient).
 
   Args:
     values_BxT: [B, T] current value predictions.
@@ -152,21 +165,24 @@ def value_loss(values_BxT: jax.Array, old_values_BxT: jax.Array, returns_BxT: ja
                            returns_BxT=returns_BxT, mask_BxT=mask_BxT)
   _checks.check_static_range(fn, "clip_eps", clip_eps, low=0.0)
   v = _checks.as_float(values_BxT)
-  v_old = jax.lax.stop_gradient(_checks.as_float(old_values_BxT))
-  ret = jax.lax.stop_gradient(_checks.as_float(returns_BxT))
-  mask = _checks.as_mask(mask_BxT, v)
+  valid = _checks.as_mask(mask_BxT, v) > 0
+  # Zero padded inputs first, so that NaN garbage reaches neither the loss nor its gradient.
+  v = jnp.where(valid, v, 0.0)
+  v_old = jnp.where(valid, jax.lax.stop_gradient(_checks.as_float(old_values_BxT)), 0.0)
+  ret = jnp.where(valid, jax.lax.stop_gradient(_checks.as_float(returns_BxT)), 0.0)
   loss = jnp.square(v - ret)
   if clip_eps is not None:
     v_clipped = jnp.clip(v, v_old - clip_eps, v_old + clip_eps)
     loss = jnp.maximum(loss, jnp.square(v_clipped - ret))
-  return jnp.where(mask > 0, 0.5 * loss, 0.0)
+  return jnp.where(valid, 0.5 * loss, 0.0)
 
 
 def entropy_bonus(logits_BxTxV: jax.Array, mask_BxT: jax.Array, *, coef: float) -> jax.Array:
   r"""Per-token entropy bonus written as a loss to add: :math:`\ell_t = -c\, H(\pi_\theta(\cdot \mid s_t))`.
 
   Maximising entropy keeps exploration up (Williams & Peng 1991; Mnih et al. 2016; the PPO paper's
-  :math:`c_2 S` term). The entropy is computed in float32 from the logits.
+  :math:`c_2 S` term). The entropy is computed in float32 from the logits. Masked positions are ignored
+  even if their logits hold NaN (in the loss and in its gradient).
 
   Args:
     logits_BxTxV: [B, T, V] policy logits at the completion positions.
@@ -178,13 +194,8 @@ def entropy_bonus(logits_BxTxV: jax.Array, mask_BxT: jax.Array, *, coef: float) 
   """
   fn = "entropy_bonus"
   _checks.check_static_range(fn, "coef", coef, low=0.0)
-  _checks.check_rank(fn, "logits_BxTxV", logits_BxTxV, 3, "[B, T, V]")
-  if jnp.shape(logits_BxTxV)[:2] != jnp.shape(mask_BxT):
-    raise ValueError(f"{fn}: `mask_BxT` has shape {tuple(jnp.shape(mask_BxT))} but `logits_BxTxV` has "
-                     f"shape {tuple(jnp.shape(logits_BxTxV))}; the leading [B, T] must match.")
-  entropy_BxT = logprobs.token_entropy(logits_BxTxV)
-  mask = _checks.as_mask(mask_BxT, entropy_BxT)
-  return jnp.where(mask > 0, -coef * entropy_BxT, 0.0)
+  logits, valid = _checks.masked_logits(fn, logits_BxTxV, mask_BxT)
+  return jnp.where(valid, -coef * logprobs.token_entropy(logits), 0.0)
 
 
 def ptx_loss(logits_BxTxV: jax.Array, tokens_BxT: jax.Array, mask_BxT: jax.Array, *,
@@ -193,7 +204,8 @@ def ptx_loss(logits_BxTxV: jax.Array, tokens_BxT: jax.Array, mask_BxT: jax.Array
   :math:`\ell_t = -\gamma\,\log\pi_\theta(x_t)` on a batch of pretraining (or SFT) text.
 
   InstructGPT maximises :math:`\gamma E_{x \sim D_{pretrain}}[\log\pi_\theta(x)]` next to the RL objective
-  to reduce the "alignment tax"; add the aggregated result to the PPO loss.
+  to reduce the "alignment tax"; add the aggregated result to the PPO loss. Masked positions are ignored
+  even if their logits hold NaN (in the loss and in its gradient).
 
   Args:
     logits_BxTxV: [B, T, V] policy logits on the pretraining batch, aligned with `tokens_BxT`.
@@ -207,6 +219,5 @@ def ptx_loss(logits_BxTxV: jax.Array, tokens_BxT: jax.Array, mask_BxT: jax.Array
   fn = "ptx_loss"
   _checks.check_static_range(fn, "coef", coef, low=0.0)
   _checks.check_same_shape(fn, tokens_BxT=tokens_BxT, mask_BxT=mask_BxT)
-  logp_BxT = logprobs.token_logps(logits_BxTxV, tokens_BxT)
-  mask = _checks.as_mask(mask_BxT, logp_BxT)
-  return jnp.where(mask > 0, -coef * logp_BxT, 0.0)
+  logits, valid = _checks.masked_logits(fn, logits_BxTxV, mask_BxT)
+  return jnp.where(valid, -coef * logprobs.token_logps(logits, tokens_BxT), 0.0)

@@ -19,7 +19,8 @@ def sft_loss(logits_BxTxV: jax.Array, tokens_BxT: jax.Array, mask_BxT: jax.Array
   With :math:`\epsilon = 0` this is the maximum-likelihood objective of supervised fine-tuning
   (Ouyang et al. 2022, "Training language models to follow instructions with human feedback", step 1).
   Label smoothing follows Szegedy et al. 2016, "Rethinking the Inception Architecture".
-  Reduce with `aggregate_loss` (e.g. mode="token-mean").
+  Reduce with `aggregate_loss` (e.g. mode="token-mean"). Masked positions are ignored even if their
+  logits hold NaN (in the loss and in its gradient).
 
   Args:
     logits_BxTxV: [B, T, V] logits aligned with `tokens_BxT` (computed in float32).
@@ -35,12 +36,13 @@ def sft_loss(logits_BxTxV: jax.Array, tokens_BxT: jax.Array, mask_BxT: jax.Array
                              high_inclusive=False)
   if mask_BxT is not None:
     _checks.check_same_shape(fn, tokens_BxT=tokens_BxT, mask_BxT=mask_BxT)
-  logp_BxT = logprobs.token_logps(logits_BxTxV, tokens_BxT)
-  mask = jnp.ones_like(logp_BxT) if mask_BxT is None else _checks.as_mask(mask_BxT, logp_BxT)
-  nll_BxT = -logp_BxT
+  if mask_BxT is None:
+    logits, valid = _checks.as_float(logits_BxTxV), True
+  else:  # masked logits are zeroed before the softmax: NaN garbage reaches no value or gradient
+    logits, valid = _checks.masked_logits(fn, logits_BxTxV, mask_BxT)
+  nll_BxT = -logprobs.token_logps(logits, tokens_BxT)
   if not (isinstance(label_smoothing, (int, float)) and label_smoothing == 0.0):
-    logits = _checks.as_float(logits_BxTxV)
     # -mean_v log p(v) = logsumexp(z) - mean_v z.
     uniform_ce_BxT = jax.nn.logsumexp(logits, axis=-1) - jnp.mean(logits, axis=-1)
     nll_BxT = (1.0 - label_smoothing) * nll_BxT + label_smoothing * uniform_ce_BxT
-  return jnp.where(mask > 0, nll_BxT, 0.0)
+  return jnp.where(valid, nll_BxT, 0.0)

@@ -113,6 +113,9 @@ def test_reinforce_baselines(call):
   np.testing.assert_allclose(with_array(r, np.array([1.0, 1.0, 2.0])), [0, 1, 4])
   np.testing.assert_allclose(call(advantages.sequence_to_token, np.array([2.0, -1.0]),
                                   np.array([[1, 1, 0], [1, 0, 0]])), [[2, 2, 0], [-1, 0, 0]])
+  # A padded row (empty mask) stays 0 even if its value is NaN, also outside jit.
+  np.testing.assert_array_equal(advantages.sequence_to_token(np.array([2.0, np.nan]),
+                                                             np.array([[1, 0], [0, 0]])), [[2, 0], [0, 0]])
 
 
 def test_advantage_errors():

@@ -21,6 +21,36 @@ def test_estimators_hand_values(call):
                              [[0.36787944, 0.71828183, 0.0]], rtol=1e-6, atol=1e-8)
 
 
+def test_k3_clamps_the_log_ratio_before_the_exponential(call):
+  """k3 = e^{-d} + d - 1 with d = clip(delta, -20, 20): finite value and gradient for any log-ratio."""
+  delta = np.array([[-3.0, 11.0, 50.0, -50.0, -2e4, 2e4]], np.float32)
+  zeros = np.zeros_like(delta)
+  # -3: e^3 - 4 = 16.085537 and 11: e^-11 + 10 = 10.0000167 are unclamped (TRL's values); beyond the
+  # clamp, 50 -> e^-20 + 19 and -50 -> e^20 - 21 = 485165174.4 (where e^{-delta} would overflow at -2e4).
+  e20 = np.exp(np.float64(20.0))
+  np.testing.assert_allclose(call(kl.kl_penalty, delta, zeros, estimator="k3"),
+                             [[16.085537, 10.0000167, 19.0, e20 - 21, e20 - 21, 19.0]], rtol=1e-6)
+  g = jax.jit(jax.grad(lambda x: kl.kl_penalty(x, zeros, estimator="k3").sum()))(delta)
+  # d k3 / d delta = 1 - e^{-delta} inside the clamp (1 - e^3 = -19.085537, 1 - e^-11), 0 beyond it
+  # (without the clamp it would be 1 - inf and 0 * inf = NaN at -2e4).
+  np.testing.assert_allclose(g, [[-19.085537, 0.9999833, 0, 0, 0, 0]], rtol=1e-6)
+  # k1 and k2 are not clamped.
+  np.testing.assert_allclose(call(kl.kl_penalty, delta, zeros, estimator="k1"), delta)
+
+
+def test_masked_nan_is_ignored_eagerly():
+  """NaN in padding stays out of the results also outside jit (where XLA cannot rewrite x * mask)."""
+  logp = np.array([[-1.0, np.nan], [np.nan, np.nan]], np.float32)
+  ref = np.array([[-2.0, np.nan], [0.0, np.nan]], np.float32)
+  mask = np.array([[1, 0], [0, 0]])
+  np.testing.assert_array_equal(kl.sequence_kl(logp, ref, mask), [1.0, 0.0])
+  g = jax.grad(lambda x: kl.sequence_kl(x, ref, mask).sum())(logp)
+  np.testing.assert_array_equal(g, [[1.0, 0.0], [0.0, 0.0]])
+  # The second row is empty: no score even if it is NaN.
+  got = kl.kl_shaped_rewards(np.array([2.0, np.nan]), logp, ref, mask, beta=0.1)
+  np.testing.assert_allclose(got, [[1.9, 0.0], [0.0, 0.0]], rtol=1e-6)
+
+
 def test_sequence_kl_sums_k1_over_real_tokens(call):
   logp = np.array([[-1.0, -2.0, -3.0], [-0.5, -0.5, -0.5]])
   ref = np.array([[-2.0, -1.5, -9.0], [-1.0, -1.0, -1.0]])  # delta = [1, -0.5, 6], [0.5, 0.5, 0.5]

@@ -35,6 +35,31 @@ def test_ppo_policy_loss_hand_values(call):
   np.testing.assert_allclose(metrics["approx_kl"], expected_kl, rtol=1e-5)
 
 
+def test_log_ratio_clamp_as_verl(call):
+  """r = exp(clip(log pi - log pi_old, -20, 20)), as verl's compute_policy_loss."""
+  logp = np.array([[50.0, 50.0, -50.0, 2e4]], np.float32)
+  adv = np.array([[-1.0, 1.0, 1.0, -2.0]], np.float32)
+  old, mask = np.zeros((1, 4), np.float32), np.ones((1, 4))
+  e20 = math.exp(20.0)  # 4.8516520e8
+  # A = -1: max(r, 1.2) = e^20.  A = 1: max(-e^20, -1.2) = -1.2.  r = e^-20, A = 1: max(-e^-20, -0.8).
+  # A = -2 at a log-ratio of 2e4 (exp overflows float32 without the clamp): 2 e^20.
+  got = call(policy.ppo_policy_loss, logp, old, adv, mask, clip_eps=0.2)
+  np.testing.assert_allclose(got, [[e20, -1.2, -math.exp(-20.0), 2 * e20]], rtol=1e-6)
+  # Beyond the clamp the ratio is constant: zero gradient (and no inf / NaN).
+  g = jax.jit(jax.grad(lambda x: policy.ppo_policy_loss(x, old, adv, mask, clip_eps=0.2).sum()))(logp)
+  np.testing.assert_array_equal(g, 0.0)
+  # Dual clip: min(e^20, 3 |A|).
+  got = call(policy.ppo_policy_loss, logp, old, adv, mask, clip_eps=0.2, dual_clip=3.0)
+  np.testing.assert_allclose(got, [[3.0, -1.2, -math.exp(-20.0), 6.0]], rtol=1e-6)
+  metrics = call(policy.ppo_policy_metrics, logp[:, :3], old[:, :3], adv[:, :3], mask[:, :3], clip_eps=0.2)
+  np.testing.assert_allclose(metrics["ratio_max"], e20, rtol=1e-6)
+  np.testing.assert_allclose(metrics["approx_kl"], 0.5 * 50.0**2, rtol=1e-6)  # of the unclamped log-ratio
+  # GSPO: the sequence log-ratio mean(100, 0) = 50 is clamped to 20.
+  got = call(policy.ppo_policy_loss, np.array([[100.0, 0.0]]), np.zeros((1, 2)), -np.ones((1, 2)),
+             np.ones((1, 2)), clip_eps=0.2, level="sequence")
+  np.testing.assert_allclose(got, [[e20, e20]], rtol=1e-6)
+
+
 def test_dual_clip(call):
   logp = np.log(np.array([[5.0, 5.0]]))
   adv = np.array([[-1.0, 1.0]])
