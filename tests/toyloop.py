@@ -62,10 +62,11 @@ def initial_state(w=0.0):
   return mesh, state, shardings
 
 
-def run(workdir, *, bad=(), **train):
-  """loop.run of the toy model in `workdir`; returns (LoopResult, the batch iterator)."""
+def run(workdir, *, bad=(), batches=None, **train):
+  """loop.run of the toy model in `workdir` on `batches` (default: Batches(bad)); returns
+  (LoopResult, the batch iterator)."""
   mesh, state, shardings = initial_state()
-  batches = Batches(bad)
+  batches = Batches(bad) if batches is None else batches
   result = loop.run(config=config(**train), workdir=str(workdir), mesh=mesh, state=state,
                     state_shardings=shardings, train_step=step, train_iter=batches)
   return result, batches

@@ -33,7 +33,9 @@ def run(config, workdir: str, *, name: str = "", override_prefix: str = ""):
   (train/workdir.py). A recipe checks each of its steps' workdirs the same way, up front.
 
   name / override_prefix: how errors name the stage and its override keys (a recipe step)."""
-  from rlhf_jax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from rlhf_jax.train import preemption, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  if preemption.requested_signal() is not None:  # e.g. a recipe's next stage after a SIGTERM
+    raise preemption.preempted(name or config.stage, 0, None)
   if config.stage == "recipe":
     with workdir_lib.lock(workdir):
       return get_stage("recipe").run(config, workdir)

@@ -37,6 +37,22 @@ from rlhf_jax.train import nonfinite
 
 ITEMS = ("state", "data", "config", "integrity")
 
+# Orbax copies a replicated array to host as one slice per replica (the replicas' transfers run
+# in parallel), each slice a device op of its own, compiled on the first save. For small arrays
+# (norms, biases, a tiny model's every weight) that costs far more than it saves: on 8 CPU
+# devices the first save of a 100k-parameter train state took 4.3 s instead of 0.9 s, later
+# saves 0.55 s instead of 0.27 s. Arrays whose per-replica slice is under this size are copied
+# whole by one replica; large arrays keep orbax's replica-parallel transfer.
+REPLICA_PARALLEL_MIN_BYTES = 1 << 20
+
+
+def configure_orbax() -> None:
+  """Registers the jax.Array handler above in orbax's global type-handler registry (which
+  orbax's standard handlers read); called before every save of checkpoints and exports."""
+  ocp.type_handlers.register_type_handler(
+      jax.Array, ocp.type_handlers.ArrayHandler(
+          min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES), override=True)
+
 
 class NoCheckpointError(RuntimeError):
   """Every checkpoint of a directory failed to restore (all were set aside)."""
@@ -85,13 +101,15 @@ def _checksums(leaves):
 
 
 def checksums(tree) -> list[int]:
-  """Per-leaf checksums of a pytree of arrays (see the module docstring)."""
+  """Per-leaf checksums of a pytree of arrays (see the module docstring), in one program: one
+  launch, so that in a multi-host run every process runs the same collectives in one order."""
   leaves = [x for x in jax.tree.leaves(tree) if hasattr(x, "dtype")]
   return [int(c) for c in jax.device_get(_checksums(leaves))]
 
 
 class Checkpointer:
   def __init__(self, directory: str, *, max_to_keep: int = 2, save_interval_steps: int = 1):
+    configure_orbax()
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            save_interval_steps=save_interval_steps)

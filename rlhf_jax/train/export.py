@@ -18,7 +18,7 @@ from flax import nnx
 
 from rlhf_jax import models
 from rlhf_jax.parallel import distributed, sharding as sharding_lib
-from rlhf_jax.train import nonfinite, state as state_lib
+from rlhf_jax.train import checkpoint, nonfinite, state as state_lib
 
 KINDS = ("lm", "scalar")
 
@@ -44,6 +44,7 @@ def make_model(kind: str, cfg: models.ModelConfig, rngs: nnx.Rngs):
 def save(workdir: str, params, *, kind: str, model_config: models.ModelConfig,
          tokenizer: dict, extra: dict | None = None) -> str:
   directory = os.path.abspath(os.path.join(workdir, "export"))
+  checkpoint.configure_orbax()
   ckptr = ocp.StandardCheckpointer()
   ckptr.save(os.path.join(directory, "params"), params, force=True)
   ckptr.wait_until_finished()

@@ -97,7 +97,7 @@ def stop_signal() -> int:
 def preempted(stage: str, step: int, checkpoint: str | None) -> Preempted:
   signum = stop_signal()
   name = signal.Signals(signum).name
-  where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint (no step had run)"
+  where = f"checkpoint {checkpoint}" if checkpoint else "nothing to checkpoint (no step had run)"
   logging.info("%s: stopped by %s after step %d", stage, name, step)
   return Preempted(f"{stage}: stopped by {name} after step {step}; {where}. Rerun the same "
                    "command to resume.", signum)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from rlhf_jax.train import metrics as metrics_lib
+from tests import xla
 
 MESH = ["--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"]
 # 40 steps: enough for the GRPO run below to sample some correct answers (a learning signal).
@@ -23,10 +24,7 @@ ROLLOUT_METRICS = ("train/reward", "train/gold_reward", "train/completion_length
 
 
 def _env(devices, **extra):
-  env = {k: v for k, v in os.environ.items() if not k.startswith("RLHF_JAX_")}
-  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-             **extra)
-  return env
+  return {**xla.subprocess_env(devices), **extra}
 
 
 def _free_port():

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from rlhf_jax.train import metrics as metrics_lib
+from tests import xla
 
 # Where 900 SFT steps leave greedy held-out accuracy depends on the CPU's float32 arithmetic:
 # 0.35 on an AVX2 (Zen 3) machine, 0.55 on an AVX-512 Zen 4 one, 0.73 on a Zen 5 one. So the
@@ -20,8 +21,7 @@ EVAL_EXAMPLES = 500
 
 
 def _main(config, workdir, *overrides):
-  env = {k: v for k, v in os.environ.items() if not k.startswith("RLHF_JAX_")}
-  env.update(XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  env = xla.subprocess_env(1, fast_compile=False)  # 1060 steps: execution dominates
   proc = subprocess.run([sys.executable, "-m", "rlhf_jax.main", f"--config={config}",
                          f"--workdir={workdir}", *overrides], env=env, capture_output=True,
                         text=True, timeout=900)

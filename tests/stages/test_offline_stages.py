@@ -32,8 +32,9 @@ def test_reward_model_learns_gold_preferences(sft_dir):
   rm_stage.run(config, workdir)
   evals = _evals(workdir)
   assert evals[0]["step"] == 0 and evals[-1]["step"] == 100
-  assert evals[-1]["eval/accuracy"] >= 0.65, evals  # chance is 0.5
-  assert evals[-1]["eval/accuracy"] > evals[0]["eval/accuracy"] + 0.05, evals
+  # A gain over the measured start (0.58 -> 0.86 on a Zen 3 CPU), not a level: where float32
+  # lands differs between CPUs.
+  assert evals[-1]["eval/accuracy"] > evals[0]["eval/accuracy"] + 0.1, evals
   meta = export.load_meta(workdir)
   assert meta["kind"] == "scalar" and meta["extra"]["ensemble_size"] == 2
   norm = meta["extra"]["normalization"]
@@ -49,7 +50,9 @@ def test_dpo_raises_exact_gold_reward(sft_dir):
   first, last = _evals(workdir)[0], _evals(workdir)[-1]
   assert first["eval/kl"] == 0.0  # the policy starts at the reference
   assert last["eval/gold_reward"] > first["eval/gold_reward"] + 0.5, (first, last)
-  assert last["eval/kl"] > 0.05 and last["eval/accuracy"] > 0.6
+  # Implicit-reward accuracy starts at 0 (every margin is 0: ties count as wrong); better than
+  # chance at the end (0.83 on a Zen 3 CPU).
+  assert last["eval/kl"] > 0.05 and last["eval/accuracy"] > 0.5
   assert last["eval/kl_to_optimum"] < first["eval/kl_to_optimum"]
 
 
