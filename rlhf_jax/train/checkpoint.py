@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from jax.experimental import multihost_utils
 
 from rlhf_jax.parallel import distributed
@@ -46,12 +47,25 @@ ITEMS = ("state", "data", "config", "integrity")
 REPLICA_PARALLEL_MIN_BYTES = 1 << 20
 
 
+_orbax_configured = False
+
+
 def configure_orbax() -> None:
   """Registers the jax.Array handler above in orbax's global type-handler registry (which
-  orbax's standard handlers read); called before every save of checkpoints and exports."""
-  ocp.type_handlers.register_type_handler(
-      jax.Array, ocp.type_handlers.ArrayHandler(
-          min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES), override=True)
+  orbax's standard handlers read), once per process; called before saving checkpoints and
+  exports. (Orbax warns of every override; this one is deliberate.)"""
+  global _orbax_configured
+  if _orbax_configured:
+    return
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(
+            min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES), override=True)
+  finally:
+    absl_logging.set_verbosity(verbosity)
+  _orbax_configured = True
 
 
 class NoCheckpointError(RuntimeError):
