@@ -20,11 +20,8 @@ that take minutes at the end).
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tests import xla  # noqa: E402  pylint: disable=wrong-import-position
+from tests import xla  # the repository root is on sys.path (pyproject: pythonpath)
 
 for key, value in xla.env(8).items():
   if key == "XLA_FLAGS":  # after any flags of the caller's
