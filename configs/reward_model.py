@@ -4,8 +4,11 @@
   python -m rlhf_jax.main --config=configs/reward_model.py --workdir=runs/rm \\
       --config.init.from_workdir=runs/sft_enum
 Variants: `test` (seconds), `ensemble` (4 members on 80% subsets), `arithmetic` (the arithmetic
-task's correct-vs-near-miss pairs). Loss by name: --config.loss.name=bradley_terry (with
---config.loss.margin, --config.loss.centering_coef).
+task's correct-vs-near-miss pairs), `plackett_luce` (a Plackett-Luce RM on rankings of K = 4
+π_ref samples per prompt by gold, the enumerable world's "ranked" records; K is
+task.params.num_completions). Loss by name: --config.loss.name=bradley_terry (with
+--config.loss.margin, --config.loss.centering_coef) or plackett_luce (ranked data; on the
+enumerable world, whose task makes ranked records).
 """
 
 import ml_collections
@@ -14,7 +17,7 @@ from rlhf_jax import configlib, defaults
 
 
 def get_config(arg=None):
-  variants = configlib.parse_variants(arg, {"test", "ensemble", "arithmetic"})
+  variants = configlib.parse_variants(arg, {"test", "ensemble", "arithmetic", "plackett_luce"})
   c = defaults.base_config()
   c.stage = "reward_model"
   if "arithmetic" not in variants:
@@ -30,7 +33,16 @@ def get_config(arg=None):
   if "ensemble" in variants:
     c.reward.ensemble_size = 4
     c.reward.data_fraction = 0.8
+  if "plackett_luce" in variants:
+    if "arithmetic" in variants:
+      raise ValueError("variant plackett_luce needs the enumerable world's ranked records; the "
+                       "arithmetic task makes none")
+    c.loss.name = "plackett_luce"
+    c.task.params.num_completions = 4
+    c.task.params.num_ranked = (2048, 512)   # (train, test) rankings
   if "test" in variants:
     defaults.shrink_for_test(c, num_steps=10, eval_every=5, log_every=2)
     c.reward.normalization_examples = 64
+    if "plackett_luce" in variants:
+      c.task.params.num_ranked = (256, 64)
   return c

@@ -19,7 +19,23 @@ def base_config() -> ml_collections.ConfigDict:
   # held-out accuracy far lower). sentencepiece: tokenizer.path, or one trained on the task's
   # text (vocab_size) and cached in the workdir.
   c.tokenizer = ml_collections.ConfigDict({"kind": "char", "path": "", "vocab_size": 320})
+  # Where records come from (data/sources.py) and how they read (data/formats.py, chat.py):
+  # source: task (the toy task.name) | files (JSONL/JSON/Parquet: a file, a glob, or a
+  # directory of <split>.* files) | tfds (a registered builder "name[/config]", e.g.
+  # hh_rlhf/harmless-base-skip-malformed, with manual_dir). train_split / eval_split: the
+  # splits' names; when the source has no eval split, heldout_fraction of the train split is
+  # held out (seeded by split_seed). fields: {canonical name: your column}, e.g. {"prompt": "question"}.
+  # chat_template: auto (the checkpoint's, else the built-in) | default | none | a .jinja file;
+  # last_turn_only: conversational SFT trains on the last assistant turn only.
   c.data = ml_collections.ConfigDict({
+      "source": "task", "path": "", "manual_dir": "", "train_split": "train",
+      "eval_split": "test",
+      "heldout_fraction": 0.1, "split_seed": 0,
+      # canonical name -> the user's column ("" = the canonical name itself)
+      "fields": ml_collections.ConfigDict({name: "" for name in (
+          "prompt", "completion", "messages", "chosen", "rejected", "completions", "ranks",
+          "chosen_gold", "rejected_gold")}),
+      "chat_template": "auto", "last_turn_only": False,
       "data_dir": "",            # default: <workdir>/data
       "prompt_len": 12,
       "completion_len": 6,
@@ -104,7 +120,12 @@ def online_rl(c: ml_collections.ConfigDict) -> None:
       # itself (train/rollout.py sampler_is_policy); True: always a separate forward pass.
       "rescore_policy": False})
   c.reward = ml_collections.ConfigDict({
-      "source": "gold",           # gold (task's closed form / verifier) | learned
+      # gold (the toy task's closed form / verifier) | learned (a reward model) | functions
+      # (reward.functions alone); with source = learned, reward.functions are added to the RM's
+      # reward. functions: "[name=]builtin_or_module:function[*weight], ..." (rewards/registry.py;
+      # built-ins math_answer | format | length); function_params: {name: {param: value}}.
+      "source": "gold",
+      "functions": "", "function_params": ml_collections.ConfigDict(),
       "from_workdir": "",         # reward_model run, for source = learned
       "normalize": True,
       "ensemble_combine": "mean",  # mean | worst_case | mean_minus_var

@@ -1,5 +1,8 @@
 """Entry point: `python -m rlhf_jax.main --config=configs/<name>.py[:variant] --workdir=DIR
-[--config.a.b=value ...]` (also installed as the `rlhf-jax` console script)."""
+[--config.a.b=value ...]` (also installed as the `rlhf-jax` console script).
+
+`rlhf-jax export --workdir=RUN --hf=OUT [...]` writes a run's export as a Hugging Face
+checkpoint instead (rlhf_jax/export_hf.py)."""
 
 from __future__ import annotations
 
@@ -47,7 +50,11 @@ def main(argv=None) -> int:
   """Exit status: 0 done; 2 config error (nothing ran); 3 the run went wrong (non-finite values,
   no restorable checkpoint) and stopped without an export; 4 the workdir is in use or holds
   another config; 128 + N stopped by signal N after checkpointing (rerun to resume)."""
-  args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if argv[:1] == ["export"]:
+    from rlhf_jax import export_hf  # pylint: disable=g-import-not-at-top
+    return export_hf.main(argv[1:])
+  args, overrides = parse_args(argv)
   logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
   for noisy in ("absl", "jax._src", "orbax", "tensorflow_datasets"):
     logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -9,7 +9,8 @@ prepared or anything compiles, with a message naming the field and listing the v
   - task.params against the task's constructor, positive counts and group sizes,
   - batch divisibility the config fixes: rollout rows by minibatches, data.batch_size by
     train.microbatches and, where the mesh fixes the data-parallel shards, by those shards,
-  - model.hf_path and data.sft_records_path on disk (file names and config.json only).
+  - model.hf_path, data.sft_records_path and data.path on disk (file names and config.json
+    only), data.fields names, data.chat_template, reward.functions (imported and resolved).
 A recipe is checked step by step, each field named as its override key (`ppo.kl.controller`) and
 each message prefixed with the step. `check_devices(config, device_count)` runs once the devices
 are known: the mesh must fit them and the batches split over its data-parallel shards.
@@ -48,6 +49,7 @@ CHOICES: tuple[tuple[str, str, str], ...] = (
     ("task.name", "data.builders", "TASKS"),
     ("tokenizer.kind", "data.tokenizer", "CONFIG_KINDS"),
     ("data.overlong", "data.pipeline", "OVERLONG_POLICIES"),
+    ("data.source", "data.sources", "SOURCES"),
     ("data.pairs", "stages.dpo", "PAIRS"),
     ("reward.source", "rewards.functions", "SOURCES"),
     ("reward.ensemble_combine", "rewards.learned", "COMBINE_MODES"),
@@ -75,9 +77,9 @@ def valid_choices(module: str, name: str) -> list:
 LOSS_FAMILIES: dict[str, tuple[Callable[[], list], str]] = {
     "dpo": (dpo_steps.pair_loss_names,
             "a pair loss of policy and reference sequence log-probs (train/dpo.py pair_loss)"),
-    "reward_model": (lambda: list(rm_steps.PAIRWISE_LOSSES),
-                     "a pairwise loss of the (chosen, rejected) scores: the stage trains on "
-                     "pairs, not on rankings of K completions (train/reward_model.py)"),
+    "reward_model": (lambda: list(rm_steps.LOSSES),
+                     "a reward loss of (chosen, rejected) scores or of rankings of K "
+                     "completions' scores (train/reward_model.py LOSSES)"),
 }
 
 # Counts that must be >= 1 (or >= 0) when the config has them.
@@ -310,6 +312,53 @@ def _check_sft_data_options(config, prefix: str) -> None:
                             "JSONL records with text fields prompt and completion)")
 
 
+def _check_data_source(config, prefix: str) -> None:
+  """data.path for the files / tfds sources (the train split must exist), data.fields names,
+  data.chat_template (a choice or an existing file), the held-out fraction."""
+  from rlhf_jax.data import chat, formats, sources  # pylint: disable=g-import-not-at-top
+  data = config.data
+  kind, path = data.get("source", "task"), data.get("path", "")
+  if kind != "task" and not path:
+    raise ValueError(f"{prefix}data.source={kind!r} needs {prefix}data.path ("
+                     f"{'a file, glob or directory' if kind == 'files' else 'a TFDS builder name'})")
+  if kind == "files":
+    try:
+      sources.split_files(path, "train") or sources.read_files(path, "train")
+    except FileNotFoundError as e:
+      raise FileNotFoundError(f"{prefix}{e}") from None
+  if kind == "tfds":
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    from rlhf_jax.data import hh_rlhf  # pylint: disable=g-import-not-at-top,unused-import
+    try:
+      tfds.builder_cls(path.split("/")[0].split(":")[0])
+    except tfds.core.registered.DatasetNotFoundError:
+      raise ValueError(f"{prefix}data.path={path!r} is not a registered TFDS builder; e.g. "
+                       f"hh_rlhf/harmless-base-skip-malformed") from None
+  unknown = set(data.get("fields", {})) - set(formats.CANONICAL_FIELDS)
+  if unknown:
+    raise ValueError(f"{prefix}data.fields: unknown canonical names {sorted(unknown)}; valid: "
+                     f"{list(formats.CANONICAL_FIELDS)} (map each to your column name)")
+  template = data.get("chat_template", "auto")
+  if template not in chat.CHOICES and not os.path.isfile(template):
+    raise FileNotFoundError(f"{prefix}data.chat_template={template!r}: neither one of "
+                            f"{list(chat.CHOICES)} nor an existing .jinja file")
+  fraction = data.get("heldout_fraction", 0.0)
+  if not 0.0 <= fraction < 1.0:
+    raise ValueError(f"{prefix}data.heldout_fraction={fraction} must be in [0, 1)")
+
+
+def _check_reward_functions(config, prefix: str) -> None:
+  """reward.functions: each entry imported and resolved (rewards/registry.py)."""
+  from rlhf_jax.rewards import registry  # pylint: disable=g-import-not-at-top
+  try:
+    functions = registry.check(config.reward)
+  except (ValueError, TypeError, ImportError) as e:
+    raise ValueError(f"{prefix}reward.functions: {e}") from None
+  if config.reward.source == "functions" and functions is None:
+    raise ValueError(f"{prefix}reward.source='functions' needs {prefix}reward.functions, e.g. "
+                     "'math_answer' or 'my_module:my_reward*0.5'")
+
+
 def check_hf_path(config, prefix: str = "") -> None:
   """model.hf_path: a stage that reads it, not with init.from_workdir, and a directory with
   config.json, safetensors weights and a tokenizer (file names and config.json only)."""
@@ -347,6 +396,9 @@ def _check_stage(config, prefix: str) -> None:
   _check_batches(config, prefix, _mesh_sizes(config, prefix))
   if "data" in config:
     _check_sft_data_options(config, prefix)
+    _check_data_source(config, prefix)
+  if "reward" in config and "functions" in config.reward:
+    _check_reward_functions(config, prefix)
   if "model" in config:
     check_hf_path(config, prefix)
 
@@ -357,8 +409,9 @@ def validate(config) -> None:
   that cannot work. A recipe is checked step by step, then as a recipe (stages/recipe.py)."""
   _check_stage(config, "")
   if config.stage == "recipe":
-    _each_stage(config, _check_stage)
     from rlhf_jax.stages import recipe  # pylint: disable=g-import-not-at-top
+    recipe.apply_shared(config)
+    _each_stage(config, _check_stage)
     recipe.check(config)
 
 

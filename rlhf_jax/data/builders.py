@@ -1,10 +1,12 @@
 """TFDS builders for the built-in toy tasks (array_record files; TensorFlow is not needed).
 
 One builder, `toy_task`, serves every task: its BuilderConfig names the task, the record kind
-(`sft`, `preference`, `prompt`) and a digest of the task's parameters, so different task settings
-are prepared into different directories and never mixed up. Tasks register a factory in `TASKS`
-(name -> callable(**params) returning an object with `<kind>_records(split)` methods and a
-`SCHEMAS`-compatible record layout).
+(`sft`, `preference`, `prompt`, `ranked`) and a digest of the task's parameters, so different
+task settings are prepared into different directories and never mixed up. Tasks register a
+factory in `TASKS` (name -> callable(**params) returning an object with `<kind>_records(split)`
+methods and a `SCHEMAS`-compatible record layout). Field types: text, float, int, and lists of
+them (`text_list`, ...: a variable-length tfds Sequence; the ranked kind's K completions and
+ranks).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ SCHEMAS: dict[str, dict[str, str]] = {
     "preference": {"prompt": "text", "chosen": "text", "rejected": "text",
                    "chosen_gold": "float", "rejected_gold": "float"},
     "prompt": {"prompt": "text"},
+    # K completions of one prompt, ranks[j] = completion j's place (0 = best; data/ranked.py).
+    "ranked": {"prompt": "text", "completions": "text_list", "ranks": "int_list",
+               "golds": "float_list"},
 }
 
 TASKS: dict[str, Callable[..., Any]] = {
@@ -35,6 +40,7 @@ TASKS: dict[str, Callable[..., Any]] = {
 }
 
 _FEATURE = {"text": tfds.features.Text(), "float": np.float32, "int": np.int64}
+_FEATURE.update({f"{k}_list": tfds.features.Sequence(v) for k, v in list(_FEATURE.items())})
 
 
 def register_task(name: str, factory: Callable[..., Any]) -> None:
@@ -61,6 +67,10 @@ class ToyTask(tfds.core.GeneratorBasedBuilder):
       raise ValueError(f"unknown record kind {kind!r}; valid kinds: {sorted(SCHEMAS)}")
     task_params = dict(task_params or {})
     self._task = make_task(task_name, **task_params)
+    if not callable(getattr(self._task, f"{kind}_records", None)):
+      kinds = [k for k in SCHEMAS if callable(getattr(self._task, f"{k}_records", None))]
+      raise ValueError(f"task {task_name!r} makes no {kind!r} records (it has no "
+                       f"{kind}_records method); its record kinds: {kinds}")
     self._kind = kind
     params = dataclasses.asdict(self._task) if dataclasses.is_dataclass(self._task) else task_params
     digest = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -103,7 +113,15 @@ def load_split(task_name: str, kind: str, split: str, *, data_dir: str,
   return builder.as_data_source(split=split)
 
 
+def _decode(value):
+  if isinstance(value, bytes):
+    return value.decode("utf-8")
+  if isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.ndim > 0):
+    return [_decode(v) for v in value]
+  return value.item() if hasattr(value, "item") else value
+
+
 def decode_record(record: dict) -> dict:
-  """TFDS returns text as bytes: decode to str, leave numbers as Python scalars."""
-  return {k: v.decode("utf-8") if isinstance(v, bytes) else (v.item() if hasattr(v, "item") else v)
-          for k, v in record.items()}
+  """TFDS returns text as bytes: decode to str, numbers to Python scalars, sequences (lists or
+  arrays) to lists of those."""
+  return {k: _decode(v) for k, v in record.items()}

@@ -35,6 +35,8 @@ from typing import Iterable, Iterator, Sequence
 import grain
 import numpy as np
 
+from rlhf_jax.data import chat
+
 OVERLONG_POLICIES = ("error", "truncate", "drop")
 
 
@@ -83,22 +85,78 @@ class Layout:
   overlong: str = "error"
   allow_empty: bool = False
   end_by_length: bool = False
+  chat: object = None              # data/chat.ChatTemplate for message-list records, or None
+  last_turn_only: bool = False     # conversational SFT: loss on the last assistant turn only
 
   def __post_init__(self):
     if self.overlong not in OVERLONG_POLICIES:
       raise ValueError(f"unknown overlong policy {self.overlong!r}; valid: {list(OVERLONG_POLICIES)}")
 
   @classmethod
-  def from_config(cls, tokenizer, data_config) -> "Layout":
+  def from_config(cls, tokenizer, data_config, chat_template=None) -> "Layout":
     return cls(tokenizer, data_config.prompt_len, data_config.completion_len,
                data_config.overlong, data_config.allow_empty_completion,
-               data_config.end_by_length)
+               data_config.end_by_length, chat_template,
+               bool(data_config.get("last_turn_only", False)))
 
-  def prompt_ids(self, prompt: str, where: str, stats: LayoutStats) -> list[int] | None:
-    """BOS + prompt ids fitted to prompt_len (left-truncation keeps the end of the prompt)."""
-    ids = [self.tokenizer.bos_id] + self.tokenizer.encode(prompt)
+  def _template(self, where: str):
+    if self.chat is None:
+      raise ValueError(f"{where}: a message-list record needs a chat template, but "
+                       "data.chat_template is 'none'")
+    return self.chat
+
+  def _fit_prompt(self, ids, where, stats):
     return _fit(ids, self.prompt_len, field="prompt", where=where, overlong=self.overlong,
                 keep="right", stats=stats)
+
+  def prompt_ids(self, prompt, where: str, stats: LayoutStats) -> list[int] | None:
+    """Prompt ids fitted to prompt_len (left-truncation keeps the end of the prompt): BOS +
+    the text's ids, or a message list rendered by the chat template with the assistant's turn
+    header appended (add_generation_prompt; the template writes BOS if the model has one)."""
+    if isinstance(prompt, str):
+      ids = [self.tokenizer.bos_id] + self.tokenizer.encode(prompt)
+    else:
+      ids, _ = chat.encode_chat(self.tokenizer, self._template(where), prompt,
+                                add_generation_prompt=True)
+    return self._fit_prompt(ids, where, stats)
+
+  def split_ids(self, prompt, completion, where: str, stats: LayoutStats
+                ) -> tuple[list[int], list[int], list[int]] | None:
+    """(prompt ids, completion ids, completion loss mask), fitted, or None when dropped.
+    Text: as prompt_ids / completion_ids, loss on every completion token. Message lists: the
+    whole conversation through the chat template (data/chat.encode_split), loss on the
+    completion's assistant turns only, nothing appended (the template ends each turn)."""
+    if isinstance(prompt, str):
+      p = self.prompt_ids(prompt, where, stats)
+      c = None if p is None else self.completion_ids(completion, where, stats)
+      return None if c is None else (p, c, [1] * len(c))
+    p, c, loss = chat.encode_split(self.tokenizer, self._template(where), prompt, completion)
+    if not any(loss):
+      raise ValueError(f"{where}: the completion has no assistant turn to train on")
+    p = self._fit_prompt(p, where, stats)
+    c = None if p is None else _fit(c, self.completion_len, field="completion", where=where,
+                                    overlong=self.overlong, keep="left", stats=stats)
+    return None if c is None else (p, c, loss[:len(c)])
+
+  def sft_ids(self, record: dict, where: str, stats: LayoutStats):
+    """split_ids of a canonical SFT record (data/formats.py): {prompt, completion}, or
+    {messages} split before its first assistant turn (last_turn_only: its last run of
+    assistant turns), so that earlier assistant turns are trained on too."""
+    if "messages" not in record:
+      return self.split_ids(record["prompt"], record["completion"], where, stats)
+    messages = record["messages"]
+    roles = [m["role"] for m in messages]
+    if "assistant" not in roles:
+      raise ValueError(f"{where}: the conversation has no assistant turn to train on")
+    k = roles.index("assistant")
+    if self.last_turn_only:
+      k = len(roles) - roles[::-1].index("assistant")
+      while k > 0 and roles[k - 1] == "assistant":
+        k -= 1
+    if k == 0:
+      raise ValueError(f"{where}: the conversation starts with an assistant turn; it needs a "
+                       "prompt before it")
+    return self.split_ids(messages[:k], messages[k:], where, stats)
 
   def completion_ids(self, completion: str, where: str, stats: LayoutStats) -> list[int] | None:
     """Completion ids + EOS fitted to completion_len (truncation cuts the end, EOS included)."""
@@ -110,7 +168,10 @@ class Layout:
     return _fit(ids, self.completion_len, field="completion", where=where,
                 overlong=self.overlong, keep="left", stats=stats)
 
-  def row(self, prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> dict[str, np.ndarray]:
+  def row(self, prompt_ids: Sequence[int], completion_ids: Sequence[int],
+          loss_mask: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    """The [prompt | completion] row; completion_mask = `loss_mask` over the completion (all
+    of it by default)."""
     p, c = self.prompt_len, self.completion_len
     tokens = np.full((p + c,), self.tokenizer.pad_id, np.int32)
     mask = np.zeros((p + c,), np.int32)
@@ -119,7 +180,7 @@ class Layout:
     mask[p - len(prompt_ids):p] = 1
     tokens[p:p + len(completion_ids)] = completion_ids
     mask[p:p + len(completion_ids)] = 1
-    completion_mask[p:p + len(completion_ids)] = 1
+    completion_mask[p:p + len(completion_ids)] = 1 if loss_mask is None else loss_mask
     return {"tokens": tokens, "mask": mask, "completion_mask": completion_mask}
 
   def prompt_row(self, prompt_ids: Sequence[int]) -> dict[str, np.ndarray]:
@@ -134,6 +195,14 @@ class Layout:
 def _text_fields(record: dict, fields: Sequence[str], where: str) -> None:
   for field in fields:
     if not isinstance(record.get(field), str):
+      raise ValueError(f"{where}: field {field!r} missing or not text: {record!r:.200}")
+
+
+def _fields(record: dict, fields: Sequence[str], where: str) -> None:
+  """Each field is text, or (with a chat template) a list of messages."""
+  for field in fields:
+    value = record.get(field)
+    if not isinstance(value, (str, list, tuple)):
       raise ValueError(f"{where}: field {field!r} missing or not text: {record!r:.200}")
 
 
@@ -152,17 +221,18 @@ def _record_where(name: str, i: int, where: Sequence[str] | None) -> str:
 def prepare_sft(records: Iterable[dict], layout: Layout, *, name: str = "sft",
                 where: Sequence[str] | None = None
                 ) -> tuple[dict[str, np.ndarray], LayoutStats]:
-  """SFT records -> arrays tokens/mask/completion_mask [N, S], with counts of what happened.
+  """Canonical SFT records (data/formats.py: {prompt, completion} text or message lists, or
+  {messages}) -> arrays tokens/mask/completion_mask [N, S], with counts of what happened.
   `where`: each record's location (e.g. "path:line"), for error messages."""
   stats, rows = LayoutStats(), []
   for i, record in enumerate(records):
     where_i = _record_where(name, i, where)
-    _text_fields(record, ("prompt", "completion"), where_i)
-    p = layout.prompt_ids(record["prompt"], where_i, stats)
-    c = None if p is None else layout.completion_ids(record["completion"], where_i, stats)
-    if p is None or c is None:
+    if "messages" not in record:
+      _fields(record, ("prompt", "completion"), where_i)
+    ids = layout.sft_ids(record, where_i, stats)
+    if ids is None:
       continue
-    rows.append(layout.row(p, c))
+    rows.append(layout.row(*ids))
     stats.kept += 1
   return _stack(rows, name, stats), stats
 
@@ -177,19 +247,20 @@ def prepare_preference(records: Iterable[dict], layout: Layout, *, name: str = "
   stats, rows = LayoutStats(), []
   for i, record in enumerate(records):
     where_i = _record_where(name, i, where)
-    _text_fields(record, ("prompt", "chosen", "rejected"), where_i)
+    _fields(record, ("prompt", "chosen", "rejected"), where_i)
     if record["chosen"] == record["rejected"]:
       stats.dropped["identical_pair"] += 1
       continue
-    p = layout.prompt_ids(record["prompt"], where_i, stats)
-    w = None if p is None else layout.completion_ids(record["chosen"], where_i + " (chosen)",
-                                                     stats)
-    l = None if w is None else layout.completion_ids(record["rejected"], where_i + " (rejected)",
-                                                     stats)
+    w = layout.split_ids(record["prompt"], record["chosen"], where_i + " (chosen)", stats)
+    l = None if w is None else layout.split_ids(record["prompt"], record["rejected"],
+                                                where_i + " (rejected)", stats)
     if l is None:
       continue
-    row = {f"chosen_{k}": v for k, v in layout.row(p, w).items()}
-    row.update({f"rejected_{k}": v for k, v in layout.row(p, l).items()})
+    if w[0] != l[0]:  # a tokenizer merged across the prompt's end differently on the two sides
+      stats.dropped["prompt_tokens_differ"] += 1
+      continue
+    row = {f"chosen_{k}": v for k, v in layout.row(*w).items()}
+    row.update({f"rejected_{k}": v for k, v in layout.row(*l).items()})
     row["chosen_gold"] = np.float32(record.get("chosen_gold", np.nan))
     row["rejected_gold"] = np.float32(record.get("rejected_gold", np.nan))
     rows.append(row)

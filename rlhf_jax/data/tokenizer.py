@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from typing import Iterable, Protocol, Sequence
 
 import sentencepiece as spm
@@ -64,17 +65,39 @@ class SentencePieceTokenizer:
   def encode(self, text: str) -> list[int]:
     return list(self._sp.encode(text))
 
+  def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Ids and character spans of `text`, where the control pieces a chat template writes
+    (`<s>`, `</s>`) become the BOS/EOS ids, as a Hugging Face tokenizer reads them."""
+    specials = {self._sp.id_to_piece(i): i for i in (BOS_ID, EOS_ID)}
+    ids, offsets, start = [], [], 0
+    for chunk in re.split("(" + "|".join(map(re.escape, specials)) + ")", text):
+      if chunk in specials:
+        ids.append(specials[chunk])
+        offsets.append((start, start + len(chunk)))
+      elif chunk:
+        char_of_byte = [c for c, ch in enumerate(chunk) for _ in ch.encode("utf-8")]
+        char_of_byte.append(len(chunk))
+        for piece in self._sp.encode(chunk, return_type="proto").pieces:
+          ids.append(piece.id)
+          offsets.append((start + char_of_byte[piece.begin], start + char_of_byte[piece.end]))
+      start += len(chunk)
+    return ids, offsets
+
+  def id_to_token(self, i: int) -> str:
+    return self._sp.id_to_piece(int(i))
+
   def decode(self, ids: Sequence[int]) -> str:
     return self._sp.decode([int(i) for i in ids if int(i) not in (PAD_ID, BOS_ID, EOS_ID)])
 
 
-def train_sentencepiece(texts: Iterable[str], *, vocab_size: int,
-                        model_type: str = "bpe") -> SentencePieceTokenizer:
+def train_sentencepiece(texts: Iterable[str], *, vocab_size: int, model_type: str = "bpe",
+                        symbols: Sequence[str] = ()) -> SentencePieceTokenizer:
   """Trains a sentencepiece model on `texts` with an exact encode/decode round trip.
 
   Identity normalisation, no dummy prefix, whitespace kept and byte fallback make
   `decode(encode(t)) == t` for any UTF-8 text, including characters never seen in training.
   Digits are split so numbers tokenize one digit per piece (arithmetic tasks rely on this).
+  `symbols` (e.g. a chat template's role markers) are always single pieces.
   """
   buf = io.BytesIO()
   texts = [t for t in texts if t]
@@ -89,16 +112,17 @@ def train_sentencepiece(texts: Iterable[str], *, vocab_size: int,
       # The whitespace marker is always a piece, so spaces round-trip even when the training
       # text has none (as a byte-fallback piece it would decode to a literal "\u2581").
       character_coverage=1.0, required_chars="\u2581", max_sentence_length=1 << 16,
-      num_threads=1,
+      num_threads=1, user_defined_symbols=list(symbols),
       minloglevel=2)
   return SentencePieceTokenizer(buf.getvalue())
 
 
-def load_or_train(path: str, texts_fn, *, vocab_size: int) -> SentencePieceTokenizer:
+def load_or_train(path: str, texts_fn, *, vocab_size: int,
+                  symbols: Sequence[str] = ()) -> SentencePieceTokenizer:
   """Loads the model at `path`; if absent, trains one from `texts_fn()` and caches it there."""
   if os.path.exists(path):
     return SentencePieceTokenizer.load(path)
-  tok = train_sentencepiece(texts_fn(), vocab_size=vocab_size)
+  tok = train_sentencepiece(texts_fn(), vocab_size=vocab_size, symbols=symbols)
   tok.save(path)
   return tok
 
@@ -130,6 +154,9 @@ class CharTokenizer:
   def decode(self, ids: Sequence[int]) -> str:
     return "".join(self.alphabet[int(i) - self._offset] for i in ids
                    if int(i) >= self._offset)
+
+  def id_to_token(self, i: int) -> str:
+    return {PAD_ID: "<pad>", BOS_ID: "<s>", EOS_ID: "</s>"}.get(int(i)) or self.decode([i])
 
 
 def to_spec(tok, path: str = "") -> dict:

@@ -39,7 +39,6 @@ def sample_and_score(s: online.Setup, config, split: str, max_prompts: int):
                                     rm_combine=config.reward.ensemble_combine,
                                     rm_lambda=config.reward.ensemble_lambda,
                                     rescore_policy=False)  # only rm_scores are read
-  texts = s.prompts[split]
   prompts, completions, rewards, golds = [], [], [], []
   rng = jax.random.key(config.seed)
   has_gold = hasattr(s.task, "gold_reward")
@@ -52,14 +51,13 @@ def sample_and_score(s: online.Setup, config, split: str, max_prompts: int):
     index = np.repeat(local["prompt_index"], n)
     texts_b = reward_fns.decode_completions(s.tok, rollout_lib.host_array(out.tokens_BxT),
                                             rollout_lib.host_array(out.mask_BxT))
-    prompt_b = [texts[j] for j in index]
-    gold_b = reward_fns.gold_scores(s.task, prompt_b, texts_b) if has_gold else None
-    if config.reward.source == "gold":
-      reward_b = gold_b
-    else:
+    prompt_b = [s.prompts[split][j] for j in index]
+    rm_b = None
+    if s.rm is not None:
       scored = score(s.sft.params, s.sft.params, None, s.rm, pt, pm, out.tokens_BxT, out.mask_BxT,
                      out.logp_BxT)
-      reward_b = rollout_lib.host_array(scored["rm_scores"])
+      rm_b = rollout_lib.host_array(scored["rm_scores"])
+    reward_b, gold_b, _ = s.rewards(config, split, index, texts_b, rm_b)
     for start in range(0, len(valid), n):
       if not valid[start]:
         continue
@@ -140,7 +138,7 @@ def run(config, workdir: str):
     if golds is not None:
       row["eval/gold_reward"] = float(np.mean(golds[np.arange(len(best)), best]))
       row["eval/policy_gold_reward"] = float(np.mean(golds))
-    if config.task.name == "enumerable" and config.reward.source == "gold":
+    if s.task is not None and config.task.name == "enumerable" and config.reward.source == "gold":
       row.update({f"eval/{k}": v for k, v in exact_best_of_n(s, config).items()})
     writer.write(0, row)
     writer.close()

@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 import jax
 
 from rlhf_jax import models, validate
-from rlhf_jax.data import builders, pipeline, tokenizer as tokenizer_lib
+from rlhf_jax.data import builders, chat, formats, pipeline, sources
+from rlhf_jax.data import tokenizer as tokenizer_lib
 from rlhf_jax.models import hf as hf_lib
 from rlhf_jax.parallel import distributed, mesh as mesh_lib
 from rlhf_jax.train import export, loop, nonfinite
@@ -24,18 +26,52 @@ def task_params(config) -> dict[str, Any]:
   return dict(config.task.params.to_dict()) if "params" in config.task else {}
 
 
+def uses_task(config) -> bool:
+  """Whether the stage's data is the built-in toy task (data.source = 'task')."""
+  return config.data.get("source", "task") == "task"
+
+
 def make_task(config):
-  return builders.make_task(config.task.name, **task_params(config))
+  """The toy task (gold reward, exact evaluation), or None when the data is the user's."""
+  return builders.make_task(config.task.name, **task_params(config)) if uses_task(config) else None
 
 
-def records(config, workdir: str, kind: str, split: str):
-  """Decoded records of the task's `kind` ('sft' | 'preference' | 'prompt') split, prepared once
-  (by process 0) under data.data_dir or <workdir>/data."""
-  data_dir = config.data.data_dir or os.path.join(workdir, "data")
-  source = distributed.on_process_zero_first(
-      f"data/{kind}/{split}", lambda: builders.load_split(
-          config.task.name, kind, split, data_dir=data_dir, task_params=task_params(config)))
-  return [builders.decode_record(source[i]) for i in range(len(source))]
+def _data_dir(config, workdir: str) -> str:
+  return config.data.data_dir or os.path.join(workdir, "data")
+
+
+def record_set(config, workdir: str, kind: str, split: str) -> sources.Records:
+  """Canonical `kind` records ('sft' | 'preference' | 'ranked' | 'prompt', data/formats.py) of
+  `split` ('train' | 'test', the held-out split) from config.data.source (data/sources.py),
+  each with where it came from. Prepared once (by process 0) under data.data_dir or
+  <workdir>/data."""
+  dc, data_dir = config.data, _data_dir(config, workdir)
+  split = "train" if split == "train" else "eval"
+
+  def task_reader(name: str) -> sources.Records:
+    source = builders.load_split(config.task.name, kind, name, data_dir=data_dir,
+                                 task_params=task_params(config))
+    records = [builders.decode_record(source[i]) for i in range(len(source))]
+    return sources.Records(records, [f"{config.task.name}/{name} record {i}"
+                                     for i in range(len(records))])
+
+  if uses_task(config) and kind == "sft" and split == "train" and dc.sft_records_path:
+    raw = sources.read_file(dc.sft_records_path)  # rejection sampling's output
+  else:
+    raw = distributed.on_process_zero_first(
+        f"data/{kind}/{split}",
+        lambda: sources.read(dc, split, data_dir=data_dir, task_reader=task_reader))
+  if uses_task(config) and not (kind == "sft" and dc.sft_records_path and split == "train"):
+    return raw  # the toy tasks write canonical records
+  out, drops = formats.canonical(raw, kind, dict(dc.fields), name=f"{kind}/{split}")
+  if drops:
+    logging.info("%s/%s: %d records, dropped %s", kind, split, len(out), drops)
+  return out
+
+
+def records(config, workdir: str, kind: str, split: str) -> list[dict]:
+  """The records of `record_set`, without their locations."""
+  return record_set(config, workdir, kind, split).records
 
 
 def hf_path(config) -> str:
@@ -49,27 +85,67 @@ def hf_path(config) -> str:
 def tokenizer_spec(config, workdir: str, task) -> dict:
   """The tokenizer of this run: the init checkpoint's, the one beside model.hf_path's weights
   (kind "hf", see data/tokenizer.from_spec for its special ids), a char alphabet, a given
-  sentencepiece file, or one trained from the task's text and cached at
-  <workdir>/tokenizer.model."""
+  sentencepiece file, or one trained on the train split's text (the task's, or the data
+  source's, with the chat template's role markers as single pieces) and cached at
+  <workdir>/tokenizer.model. The chat template in use (data/chat.py) travels in the spec
+  ("chat_template"), so later stages starting from this run's export render conversations
+  alike."""
   path = hf_path(config)  # raises if init.from_workdir is set too
   if config.init.from_workdir:
     return export.load_meta(config.init.from_workdir)["tokenizer"]
+  template = _template_source(config, path)
   if path:
-    return {"kind": "hf", "path": path}
+    return _with_template({"kind": "hf", "path": path}, template)
   tc = config.tokenizer
   if tc.kind == "char":
+    if task is None:
+      raise ValueError("tokenizer.kind='char' is the toy tasks' alphabet; with data.source="
+                       f"{config.data.source!r} use tokenizer.kind='sentencepiece' (trained on "
+                       "the data) or model.hf_path")
     return {"kind": "char", "alphabet": task.alphabet}
   if tc.kind != "sentencepiece":
     raise ValueError(f"unknown tokenizer.kind {tc.kind!r}; "
                      f"valid: {list(tokenizer_lib.CONFIG_KINDS)}")
   path = tc.path or os.path.join(workdir, "tokenizer.model")
+  if task is not None:
+    texts_fn = task.texts
+  else:
+    texts_fn = lambda: formats.texts(record_set(config, workdir, _text_kind(config), "train"))
+  symbols = chat.DEFAULT_MARKERS if template == chat.DEFAULT_TEMPLATE else ()
   distributed.on_process_zero_first(
-      "tokenizer", lambda: tokenizer_lib.load_or_train(path, task.texts, vocab_size=tc.vocab_size))
-  return {"kind": "sentencepiece", "path": os.path.abspath(path)}
+      "tokenizer", lambda: tokenizer_lib.load_or_train(path, texts_fn, vocab_size=tc.vocab_size,
+                                                       symbols=symbols))
+  return _with_template({"kind": "sentencepiece", "path": os.path.abspath(path)}, template)
 
 
-def layout(config, tok) -> pipeline.Layout:
-  return pipeline.Layout.from_config(tok, config.data)
+def _text_kind(config) -> str:
+  """The record kind whose text trains this stage's tokenizer."""
+  if config.stage == "reward_model":
+    from rlhf_jax.train import reward_model as rm_steps  # pylint: disable=g-import-not-at-top
+    return "ranked" if config.loss.name in rm_steps.RANKED_LOSSES else "preference"
+  return {"sft": "sft", "dpo": "preference"}.get(config.stage, "prompt")
+
+
+def _template_source(config, hf_dir: str) -> str | None:
+  choice = config.data.get("chat_template", "auto")
+  if config.tokenizer.kind == "char" and not hf_dir and choice in ("auto", "none"):
+    return None  # the toy tasks' alphabet has no room for a template's markers
+  return chat.resolve_source(choice, hf_dir)
+
+
+def _with_template(spec: dict, template: str | None) -> dict:
+  return {**spec, "chat_template": template} if template is not None else spec
+
+
+def chat_template(tok, tok_spec: dict):
+  """The run's ChatTemplate (bound to the tokenizer's special tokens), or None."""
+  source = tok_spec.get("chat_template")
+  return None if source is None else chat.ChatTemplate(source, chat.special_tokens(tok))
+
+
+def layout(config, tok, tok_spec: dict | None = None) -> pipeline.Layout:
+  template = chat_template(tok, tok_spec) if tok_spec else None
+  return pipeline.Layout.from_config(tok, config.data, template)
 
 
 def model_config(config, vocab_size: int) -> models.ModelConfig:

@@ -68,16 +68,18 @@ def make_evaluator(graphdef, arrays, mesh, config, exact_eval, plain_of=lambda p
   return evaluate
 
 
-def pair_records(config, workdir: str, split: str) -> list[dict]:
-  """The task's labelled pairs, or (train split, data.pairs = on_policy) pairs sampled from the
-  initial policy and ranked by the configured reward (stages/best_of_n.ranked_pairs)."""
+def pair_records(config, workdir: str, split: str) -> tuple[list[dict], list[str] | None]:
+  """(pairs, where each came from): the data's labelled pairs (data.source), or (train split,
+  data.pairs = on_policy) pairs sampled from the initial policy and ranked by the configured
+  reward (stages/best_of_n.ranked_pairs)."""
   if config.data.pairs == "task" or split != "train":
-    return common.records(config, workdir, "preference", split)
+    read = common.record_set(config, workdir, "preference", split)
+    return read.records, read.where
   if config.data.pairs != "on_policy":
     raise ValueError(f"unknown data.pairs {config.data.pairs!r}; valid: {list(PAIRS)}")
   from rlhf_jax.stages import best_of_n, online  # pylint: disable=g-import-not-at-top
   s = online.setup(config, workdir)
-  return best_of_n.ranked_pairs(s, config, "train", config.bon.max_train_prompts)
+  return best_of_n.ranked_pairs(s, config, "train", config.bon.max_train_prompts), None
 
 
 @dataclasses.dataclass
@@ -106,14 +108,15 @@ def prepare(config, workdir: str) -> Setup:
   mesh, rules = common.mesh_and_rules(config)
   task = common.make_task(config)
   tok_spec = common.tokenizer_spec(config, workdir, task)
-  layout = common.layout(config, tokenizer_lib.from_spec(tok_spec))
+  layout = common.layout(config, tokenizer_lib.from_spec(tok_spec), tok_spec)
   sft = export.load(config.init.from_workdir, mesh, rules, kind="lm")
   os.makedirs(workdir, exist_ok=True)
   cache = os.path.join(workdir, "reference_logps.npz")
   arrays = {}
   for split in ("train", "test"):
-    pairs, _ = pipeline.prepare_preference(pair_records(config, workdir, split), layout,
-                                           name=f"preference/{split}")
+    records, where = pair_records(config, workdir, split)
+    pairs, _ = pipeline.prepare_preference(records, layout, name=f"preference/{split}",
+                                           where=where)
     arrays[split] = distributed.on_process_zero_first(
         f"ref/{split}", lambda p=pairs, s=split: reference_logps(sft.graphdef, sft.params, p, mesh,
                                                                  config, cache, s))
@@ -125,7 +128,7 @@ def prepare(config, workdir: str) -> Setup:
   graphdef, state, shardings = state_lib.init_state(
       adapted.make_model, adapted.tx, mesh, rules, config.seed, params=adapted.params)
   exact_eval = None
-  if config.task.name == "enumerable" and config.eval.exact_prompts > 0:
+  if task is not None and config.task.name == "enumerable" and config.eval.exact_prompts > 0:
     exact_eval = EnumerableEvaluator(task, layout, sft.graphdef, mesh,
                                      batch_size=config.eval.exact_batch_size,
                                      max_prompts=config.eval.exact_prompts)

@@ -3,7 +3,9 @@
 One loop step is one RL iteration:
   1. generate:  sample `group_size` completions for each of `rl.prompts_per_step` prompts
   2. score:     old-policy, reference (and critic / reward-model) passes over the rollout
-  3. reward:    gold function or verifier on the host (decoded text), or the learned RM's scores
+  3. reward:    gold function or verifier on the host (decoded text), reward functions named in
+                config (rewards/registry.py) with the prompt records' other columns, and/or the
+                learned RM's scores
   4. update:    algorithm-specific advantages, then K epochs of minibatch steps (train/rl_update.py)
   5. KL control: β follows train/kl_control.py (fixed or adaptive)
 The prompt stream's position and β are checkpointed together, so resume is exact. Metrics
@@ -28,7 +30,7 @@ import numpy as np
 from rlhf_jax import losses
 from rlhf_jax.data import pipeline, tokenizer as tokenizer_lib
 from rlhf_jax.generation import SamplingConfig
-from rlhf_jax.rewards import functions as reward_fns
+from rlhf_jax.rewards import functions as reward_fns, registry
 from rlhf_jax.stages import common
 from rlhf_jax.train import export, kl_control, lora, loop, nonfinite, precision
 from rlhf_jax.train import rollout as rollout_lib
@@ -64,23 +66,49 @@ class Setup:
   tok_spec: dict
   layout: pipeline.Layout
   sft: export.Exported
-  prompts: dict            # split -> list of prompt texts
+  prompts: dict            # split -> list of prompts (texts, or message lists)
   prompt_arrays: dict      # split -> prompt_tokens / prompt_mask / prompt_index
   sampling: SamplingConfig
   rm: Any                  # rollout.RewardModel or None
   rm_graphdef: Any
+  columns: dict = dataclasses.field(default_factory=dict)  # split -> {column: [per prompt]}
+  functions: Any = None    # rewards/registry.RewardFunctions or None
+
+  def rewards(self, config, split: str, index, completions: list[str], rm_scores=None):
+    """(reward_B, gold_B or None, {function name: raw score_B}) of decoded completions of the
+    prompts `index` of `split` (reward.source: gold | learned (+ functions) | functions)."""
+    prompts = [self.prompts[split][i] for i in index]
+    columns = {k: [v[i] for i in index] for k, v in self.columns[split].items()}
+    gold, total, parts = reward_fns.host_rewards(config.reward.source, self.task, self.functions,
+                                                 prompts, completions, columns)
+    source = config.reward.source
+    if source == "gold":
+      reward = gold
+    elif source == "functions":
+      reward = total
+    else:
+      reward = np.asarray(rm_scores, np.float32) + (0.0 if total is None else total)
+    return reward, gold, parts
+
+  def needs_text(self) -> bool:
+    """Whether rewards need the completions decoded (gold or reward functions)."""
+    return hasattr(self.task, "gold_reward") or self.functions is not None
 
 
-def prompt_arrays(layout, texts) -> dict:
+def prompt_arrays(layout, prompts, where=None) -> dict:
+  """prompt_tokens / prompt_mask / prompt_index of prompts (texts or message lists, rendered
+  with the chat template and its generation prompt). Over-long prompts follow data.overlong:
+  an error, truncated from the left, or dropped (counted; their index is then absent)."""
   stats = pipeline.LayoutStats()
   rows = []
-  for i, text in enumerate(texts):
-    ids = layout.prompt_ids(text, f"prompt record {i}", stats)
+  for i, prompt in enumerate(prompts):
+    at = pipeline._record_where("prompt", i, where)  # pylint: disable=protected-access
+    ids = layout.prompt_ids(prompt, at, stats)
     if ids is None:
-      raise ValueError(f"prompt record {i} was dropped as over-long; RL prompts must all fit "
-                       f"data.prompt_len={layout.prompt_len}")
+      continue
     rows.append({**layout.prompt_row(ids), "prompt_index": np.int32(i)})
-  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    stats.kept += 1
+  return pipeline._stack(rows, "prompt", stats)  # pylint: disable=protected-access
 
 
 def setup(config, workdir: str) -> Setup:
@@ -91,12 +119,15 @@ def setup(config, workdir: str) -> Setup:
   task = common.make_task(config)
   tok_spec = common.tokenizer_spec(config, workdir, task)
   tok = tokenizer_lib.from_spec(tok_spec)
-  layout = common.layout(config, tok)
+  layout = common.layout(config, tok, tok_spec)
   sft = export.load(config.init.from_workdir, mesh, rules, kind="lm")
-  prompts, arrays = {}, {}
+  prompts, arrays, columns = {}, {}, {}
   for split in ("train", "test"):
-    prompts[split] = [r["prompt"] for r in common.records(config, workdir, "prompt", split)]
-    arrays[split] = prompt_arrays(layout, prompts[split])
+    read = common.record_set(config, workdir, "prompt", split)
+    prompts[split] = [r["prompt"] for r in read.records]
+    names = sorted({k for r in read.records for k in r.get("columns", {})})
+    columns[split] = {k: [r.get("columns", {}).get(k) for r in read.records] for k in names}
+    arrays[split] = prompt_arrays(layout, prompts[split], read.where)
   rl = config.rl
   sampling = SamplingConfig(max_new_tokens=config.data.completion_len, temperature=rl.temperature,
                             top_k=rl.top_k, top_p=rl.top_p, eos_id=tok.eos_id, pad_id=tok.pad_id)
@@ -110,8 +141,12 @@ def setup(config, workdir: str) -> Setup:
     loaded = export.load(rc.from_workdir, mesh, rules, kind="scalar")
     norm = loaded.extra.get("normalization") if rc.normalize else None
     rm, rm_graphdef = rollout_lib.RewardModel(loaded.params, norm), loaded.graphdef
+  functions = registry.check(rc) if "functions" in rc else None
+  if rc.source == "gold" and not hasattr(task, "gold_reward"):
+    raise ValueError(f"reward.source='gold': the data (data.source={config.data.source!r}) has "
+                     "no gold reward; use reward.source='learned' or 'functions'")
   return Setup(mesh, rules, task, tok, tok_spec, layout, sft, prompts, arrays, sampling, rm,
-               rm_graphdef)
+               rm_graphdef, columns, functions)
 
 
 def make_policy(config, s: Setup, tx) -> lora.Adapted:
@@ -136,13 +171,15 @@ def check_no_microbatches(config, minibatches_field: str) -> None:
 def make_evaluator(s: Setup, config, plain_of: Callable, stream: PromptStream):
   """eval/* metrics of the plain policy `plain_of(state.params)` (what the stage exports: LoRA
   adapters merged), with the SFT export's graphdef: exact on the enumerable world; otherwise
-  greedy verifier accuracy and a sampled KL on the held-out prompts,
+  greedy verifier accuracy (where the data has a gold reward), the reward of the sampled
+  completions (eval/reward: the configured source, e.g. the learned RM's score) and a sampled KL
+  on the held-out prompts,
 
     eval/kl = mean over prompts x of  sum_t [log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)],
               y ~ pi (untempered, one sample per prompt, a fixed rng per evaluation)
 
   an unbiased Monte-Carlo estimate of KL(pi || pi_ref) per sequence (k1 summed over tokens)."""
-  if config.task.name == "enumerable":
+  if common.uses_task(config) and config.task.name == "enumerable":
     exact = EnumerableEvaluator(s.task, s.layout, s.sft.graphdef, s.mesh,
                                 batch_size=config.eval.exact_batch_size,
                                 max_prompts=config.eval.exact_prompts)
@@ -154,11 +191,14 @@ def make_evaluator(s: Setup, config, plain_of: Callable, stream: PromptStream):
   untempered = SamplingConfig(max_new_tokens=s.sampling.max_new_tokens, eos_id=s.sampling.eos_id,
                               pad_id=s.sampling.pad_id)
   sample = rollout_lib.make_generate_fn(s.sft.graphdef, untempered, group_size=1)
-  score = rollout_lib.make_score_fn(s.sft.graphdef)  # policy and reference log-probs
-  texts = s.prompts["test"]
+  # policy and reference log-probs, and the learned RM's scores when there is one
+  score = rollout_lib.make_score_fn(s.sft.graphdef, rm_graphdef=s.rm_graphdef,
+                                    rm_combine=config.reward.ensemble_combine,
+                                    rm_lambda=config.reward.ensemble_lambda)
+  has_gold = hasattr(s.task, "gold_reward")
 
   def evaluate(state) -> dict:
-    correct, kl, n = 0.0, 0.0, 0
+    correct, kl, reward, n = 0.0, 0.0, 0.0, 0
     policy = plain_of(state.params)
     batches = pipeline.eval_batches(s.prompt_arrays["test"],
                                     global_batch=config.rl.prompts_per_step,
@@ -171,20 +211,34 @@ def make_evaluator(s: Setup, config, plain_of: Callable, stream: PromptStream):
                          jax.random.key(0))
       valid = rollout_lib.host_array(g["prompt_mask"]).sum(1) > 0
       index = rollout_lib.host_array(g["prompt_index"])
-      completions = reward_fns.decode_completions(s.tok, rollout_lib.host_array(out.tokens_BxT),
-                                                  rollout_lib.host_array(out.mask_BxT))
-      scores = reward_fns.gold_scores(s.task, [texts[i] for i in index], completions)
-      correct += float(np.sum(scores * valid))
+      if has_gold:
+        completions = reward_fns.decode_completions(
+            s.tok, rollout_lib.host_array(out.tokens_BxT), rollout_lib.host_array(out.mask_BxT))
+        scores = reward_fns.gold_scores(s.task, [s.prompts["test"][i] for i in index],
+                                        completions)
+        correct += float(np.sum(scores * valid))
       pt, pm, drawn = sample(policy, g["prompt_tokens"], g["prompt_mask"],
                              jax.random.fold_in(jax.random.key(config.seed), batch_index))
-      logps = score(policy, s.sft.params, None, None, pt, pm, drawn.tokens_BxT, drawn.mask_BxT,
+      logps = score(policy, s.sft.params, None, s.rm, pt, pm, drawn.tokens_BxT, drawn.mask_BxT,
                     drawn.logp_BxT)
       kl_B = rollout_lib.host_array(losses.sequence_kl(logps["old_logp"], logps["ref_logp"],
                                                        drawn.mask_BxT))
       kl += float(np.sum(kl_B * valid))
+      if config.reward.source != "gold":
+        texts = (reward_fns.decode_completions(s.tok, rollout_lib.host_array(drawn.tokens_BxT),
+                                               rollout_lib.host_array(drawn.mask_BxT))
+                 if s.functions is not None else None)
+        r_B, _, _ = s.rewards(config, "test", np.where(valid, index, 0), texts,
+                              rollout_lib.host_array(logps.get("rm_scores")) if s.rm else None)
+        reward += float(np.sum(r_B * valid))
       n += int(valid.sum())
     n = max(n, 1)
-    return {"accuracy": correct / n, "gold_reward": correct / n, "kl": kl / n}
+    out = {"kl": kl / n}
+    if has_gold:
+      out.update(accuracy=correct / n, gold_reward=correct / n)
+    if config.reward.source != "gold":
+      out["reward"] = reward / n
+    return out
 
   return evaluate
 
@@ -212,8 +266,6 @@ def make_iteration(s: Setup, config, *, policy_graphdef, policy_of, critic_of, v
                                        rm_combine=config.reward.ensemble_combine,
                                        rm_lambda=config.reward.ensemble_lambda,
                                        rescore_policy=rescore_policy(config, s))
-  texts = s.prompts["train"]
-  has_gold = hasattr(s.task, "gold_reward")
   kc = config.kl
 
   def iteration(state, batch, rng):
@@ -228,14 +280,15 @@ def make_iteration(s: Setup, config, *, policy_graphdef, policy_of, critic_of, v
     jax.block_until_ready(scored)
     t2 = time.perf_counter()
     index = np.repeat(rollout_lib.host_array(batch["prompt_index"]), group_size)
-    gold = None
-    if has_gold:
-      completions = reward_fns.decode_completions(s.tok, tokens, mask)
-      gold = reward_fns.gold_scores(s.task, [texts[i] for i in index], completions)
-    if config.reward.source == "gold":
-      scores = rollout_lib.to_device_like(gold, gen.stopped_B)
+    completions = reward_fns.decode_completions(s.tok, tokens, mask) if s.needs_text() else None
+    if config.reward.source == "learned" and s.functions is None:
+      scores, gold, parts = scored["rm_scores"], None, {}
+      if hasattr(s.task, "gold_reward"):
+        gold = reward_fns.gold_scores(s.task, [s.prompts["train"][i] for i in index], completions)
     else:
-      scores = scored["rm_scores"]
+      rm = rollout_lib.host_array(scored["rm_scores"]) if "rm_scores" in scored else None
+      host, gold, parts = s.rewards(config, "train", index, completions, rm)
+      scores = rollout_lib.to_device_like(host, gen.stopped_B)
     fields = {"prompt_tokens": pt, "prompt_mask": pm, "tokens": gen.tokens_BxT,
               "mask": gen.mask_BxT, "stopped": gen.stopped_B, **scored}
     update_batch, prep_metrics = prepare_fn(fields, scores, jnp.float32(stream.kl_coef))
@@ -254,6 +307,7 @@ def make_iteration(s: Setup, config, *, policy_graphdef, policy_of, critic_of, v
                "generation_tokens_per_sec": generated / max(t1 - t0, 1e-9)}
     if gold is not None:
       metrics["gold_reward"] = float(np.mean(gold))
+    metrics.update({f"reward/{k}": float(np.mean(v)) for k, v in parts.items()})
     metrics[nonfinite.FLAG] = bad = iteration_flag(metrics, update_fn.checked_names)
     if not bad:  # a skipped (non-finite) iteration leaves beta as it was
       stream.kl_coef = float(kl_control.update(beta, float(prep_metrics["kl"]),

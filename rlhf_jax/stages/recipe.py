@@ -4,6 +4,10 @@ A recipe config has `stage = "recipe"`, `recipe.steps` (step names in order), on
 config per step under `config.<step>` and `recipe.links`, triples (step, field, from_step) that
 set `config.<step>.<field>` to `<workdir>/<from_step>` before the step runs, e.g.
   ("ppo", "init.from_workdir", "sft"), ("ppo", "reward.from_workdir", "reward_model").
+A recipe may also have `recipe.shared`, dotted fields (e.g. "data.manual_dir") whose value at
+the recipe's top level (`config.data.manual_dir`), when set, is copied into every step that has
+the field, so one override reaches all steps; and `recipe.required`, fields
+("sft.model.hf_path") that must be set, e.g. by a variant that needs a checkpoint.
 Step k runs in `<workdir>/<step>`; a step whose export already exists and whose recorded
 config equals its config now is skipped, so rerunning the command resumes the recipe (and a step
 interrupted mid-way resumes from its checkpoint). Before any step runs, every step's config is
@@ -34,7 +38,31 @@ def _set(config, dotted: str, value) -> None:
   node[leaf] = value
 
 
+def apply_shared(config) -> None:
+  """Copies each set `recipe.shared` field from the recipe's top level into every step."""
+  for dotted in config.recipe.get("shared", ()):
+    value = _get(config, dotted)
+    if value in (None, "", ()):
+      continue
+    for step in config.recipe.steps:
+      try:
+        _get(config[step], dotted)
+      except KeyError:
+        continue
+      _set(config[step], dotted, value)
+
+
+def _get(config, dotted: str):
+  node = config
+  for part in dotted.split("."):
+    node = node[part]
+  return node
+
+
 def check(config) -> None:
+  for dotted in config.recipe.get("required", ()):
+    if _get(config, dotted) in (None, "", ()):
+      raise ValueError(f"recipe: {dotted} must be set (--config.{dotted}=...)")
   steps = list(config.recipe.steps)
   if len(set(steps)) != len(steps):
     raise ValueError(f"recipe.steps has duplicates: {steps}")
@@ -76,6 +104,7 @@ def check_workdirs(config, workdir: str) -> dict[str, bool]:
 
 
 def run(config, workdir: str) -> dict:
+  apply_shared(config)
   check(config)
   _linked(config, workdir)
   done = check_workdirs(config, workdir)

@@ -1,4 +1,8 @@
-"""Reward-model stage: an ensemble of E scalar models (E = 1 by default) on preference pairs.
+"""Reward-model stage: an ensemble of E scalar models (E = 1 by default) on preference pairs,
+or, with loss.name = plackett_luce, on rankings of K completions per prompt (the task's "ranked"
+records, data/ranked.py; train/reward_model.py's ranked steps; evaluation on the ranked test
+split: top-1 and pairwise accuracy, Kendall tau). Either way the result is the same kind of
+scalar model, normalised and exported the same way, so later stages (PPO) read it alike.
 
 Backbones start from `config.init.from_workdir` (an SFT export) when given; heads start from
 per-member seeds. Produces `<workdir>/export` (kind "scalar", extra: ensemble_size and the
@@ -18,7 +22,7 @@ import logging
 import jax
 import numpy as np
 
-from rlhf_jax.data import pipeline, tokenizer as tokenizer_lib
+from rlhf_jax.data import pipeline, ranked as ranked_lib, tokenizer as tokenizer_lib
 from rlhf_jax.rewards import learned
 from rlhf_jax.stages import common
 from rlhf_jax.train import export, lora, loop, optimizer as optimizer_lib, precision
@@ -42,6 +46,30 @@ def make_evaluator(graphdef, arrays, mesh, config):
   return evaluate
 
 
+def make_ranked_evaluator(graphdef, arrays, mesh, config):
+  eval_step = jax.jit(rm_steps.make_ranked_eval_step(graphdef, config.loss.name))
+
+  def evaluate(state) -> dict:
+    totals = common.summed_eval(eval_step, state.params, arrays, mesh, config)
+    n, pairs = max(totals["examples"], 1.0), max(totals["pairs"], 1.0)
+    return {"top1_accuracy": totals["top1_ensemble"] / n,
+            "member_top1_accuracy": totals["top1_members"] / n,
+            "pairwise_accuracy": totals["correct_ensemble"] / pairs,
+            "member_pairwise_accuracy": totals["correct_members"] / pairs,
+            "kendall_tau": totals["tau"] / n, "loss": totals["loss"] / n}
+
+  return evaluate
+
+
+def check_ranked_options(config) -> None:
+  """The pairwise-only loss options must stay at their defaults with a ranking loss."""
+  for field in ("margin", "centering_coef"):
+    if config.loss[field]:
+      raise ValueError(f"loss.{field}={config.loss[field]!r} applies to the pairwise losses "
+                       f"{list(rm_steps.PAIRWISE_LOSSES)}, not to loss.name="
+                       f"{config.loss.name!r}; set it to 0")
+
+
 def reference_normalization(graphdef, params, sft_arrays, mesh, config) -> dict:
   """Mean and std of the (mean-combined) reward over reference-policy samples."""
   score = jax.jit(lambda p, b: learned.combine(
@@ -57,15 +85,21 @@ def reference_normalization(graphdef, params, sft_arrays, mesh, config) -> dict:
 
 
 def run(config, workdir: str) -> loop.LoopResult:
+  ranked = config.loss.name in rm_steps.RANKED_LOSSES
+  if ranked:
+    check_ranked_options(config)
   mesh, rules = common.mesh_and_rules(config)
   task = common.make_task(config)
   tok_spec = common.tokenizer_spec(config, workdir, task)
   tok = tokenizer_lib.from_spec(tok_spec)
-  layout = common.layout(config, tok)
-  train_arrays, _ = pipeline.prepare_preference(
-      common.records(config, workdir, "preference", "train"), layout, name="preference/train")
-  eval_arrays, _ = pipeline.prepare_preference(
-      common.records(config, workdir, "preference", "test"), layout, name="preference/test")
+  layout = common.layout(config, tok, tok_spec)
+  kind = "ranked" if ranked else "preference"
+  prepare = ranked_lib.prepare_ranked if ranked else pipeline.prepare_preference
+  arrays = {}
+  for split in ("train", "test"):
+    read = common.record_set(config, workdir, kind, split)
+    arrays[split], _ = prepare(read.records, layout, name=f"{kind}/{split}", where=read.where)
+  train_arrays, eval_arrays = arrays["train"], arrays["test"]
 
   model_cfg = common.model_config(config, tok.vocab_size)
   run_cfg = precision.apply_model_options(model_cfg, config)  # + remat (not exported)
@@ -85,18 +119,25 @@ def run(config, workdir: str) -> loop.LoopResult:
   logging.info("reward model: %d member(s), %s parameters", rc.ensemble_size,
                f"{state_lib.param_count(state.params):,}")
 
-  train_step = rm_steps.make_train_step(
-      graphdef, tx, loss_name=config.loss.name,
-      loss_kwargs={"margin": config.loss.margin, "centering_coef": config.loss.centering_coef},
-      ensemble_size=rc.ensemble_size, data_fraction=rc.data_fraction, seed=config.seed,
-      microbatches=config.train.microbatches, trainable=trainable)
+  common_kwargs = dict(loss_name=config.loss.name, ensemble_size=rc.ensemble_size,
+                       data_fraction=rc.data_fraction, seed=config.seed,
+                       microbatches=config.train.microbatches, trainable=trainable)
+  if ranked:
+    train_step = rm_steps.make_ranked_train_step(graphdef, tx, **common_kwargs)
+    evaluate = make_ranked_evaluator(graphdef, eval_arrays, mesh, config)
+    tokens_per_step = lambda b: int(b["mask"].sum())
+  else:
+    train_step = rm_steps.make_train_step(
+        graphdef, tx, **common_kwargs,
+        loss_kwargs={"margin": config.loss.margin, "centering_coef": config.loss.centering_coef})
+    evaluate = make_evaluator(graphdef, eval_arrays, mesh, config)
+    tokens_per_step = lambda b: int(b["chosen_mask"].sum() + b["rejected_mask"].sum())
   train_iter = iter(pipeline.train_dataset(
       with_index(train_arrays), global_batch=config.data.batch_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count()))
   result = loop.run(config=config, workdir=workdir, mesh=mesh, state=state,
                     state_shardings=shardings, train_step=train_step, train_iter=train_iter,
-                    evaluate=make_evaluator(graphdef, eval_arrays, mesh, config),
-                    tokens_per_step=lambda b: int(b["chosen_mask"].sum() + b["rejected_mask"].sum()),
+                    evaluate=evaluate, tokens_per_step=tokens_per_step,
                     learning_rate=optimizer_lib.make_schedule(config.optimizer,
                                                               config.train.num_steps))
   if result.finished:

@@ -1,4 +1,4 @@
-"""SFT stage: wire a config to the loop — task data, tokenizer, model, mesh, optimizer, steps.
+"""SFT stage: wire a config to the loop — data (data.source), tokenizer, model, mesh, optimizer, steps.
 
 Starts from scratch, from `init.from_workdir`'s export, or from the Hugging Face checkpoint at
 `model.hf_path` (its shape, weights and tokenizer; stages/common.py). Produces `<workdir>/export`
@@ -9,13 +9,12 @@ full-width held-out split."""
 
 from __future__ import annotations
 
-import json
 import logging
 
 import jax
 import numpy as np
 
-from rlhf_jax.data import builders, packing, pipeline, tokenizer as tokenizer_lib
+from rlhf_jax.data import packing, pipeline, tokenizer as tokenizer_lib
 from rlhf_jax.stages import common
 from rlhf_jax.train import aot, export, lora, loop, nonfinite, optimizer as optimizer_lib
 from rlhf_jax.train import precision
@@ -41,51 +40,6 @@ def make_evaluator(graphdef, eval_arrays, mesh, config):
   return evaluate
 
 
-def read_jsonl_records(path: str) -> tuple[list[dict], list[str]]:
-  """SFT records from the JSONL file `path` (data.sft_records_path), checked as they are read.
-
-  One JSON object per line with the text fields of an SFT record (builders.SCHEMAS["sft"]:
-  "prompt", "completion"; other fields are kept and ignored); blank lines are skipped. Returns
-  (records, where) with where[i] = "path:line" (1-based) of record i, which prepare_sft puts in
-  its messages. A line that is not UTF-8, not JSON, not an object or lacks a text field raises
-  ValueError naming path:line and what is wrong, before any tokenization or training."""
-  fields = [k for k, kind in builders.SCHEMAS["sft"].items() if kind == "text"]
-  records, where = [], []
-  offset = 0  # bytes before the current line
-  with open(path, "rb") as f:
-    for line_no, raw in enumerate(f, 1):
-      at = f"{path}:{line_no}"
-      try:
-        line = raw.decode("utf-8")
-      except UnicodeDecodeError as e:
-        raise ValueError(f"{at}: invalid UTF-8 ({e.reason}) at byte {e.start} of the line (byte "
-                         f"offset {offset + e.start} of the file)") from None
-      offset += len(raw)
-      line = line.removeprefix("\ufeff") if line_no == 1 else line  # a BOM is allowed
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{at}: not valid JSON ({e.msg} at column {e.colno})") from None
-      if not isinstance(record, dict):
-        raise ValueError(f"{at}: expected a JSON object with text fields {fields}, got "
-                         f"{type(record).__name__}")
-      for field in fields:
-        value = record.get(field)
-        if not isinstance(value, str):
-          got = ("missing" if field not in record else
-                 f"not text but {'null' if value is None else type(value).__name__}")
-          raise ValueError(f"{at}: field {field!r} is {got}; an SFT record has text fields "
-                           f"{fields} (this one has {sorted(record)})")
-      records.append(record)
-      where.append(at)
-  if not records:
-    raise ValueError(f"{path}: no records (the file is empty or blank); expected one JSON object "
-                     f"per line with text fields {fields}")
-  return records, where
-
-
 def init_lm(config, mesh, rules, make_model):
   """Parameters from config.init.from_workdir's export or the config.model.hf_path checkpoint
   (sharded on `mesh`), or None for a fresh initialisation (common.init_lm_params)."""
@@ -98,20 +52,16 @@ def run(config, workdir: str) -> loop.LoopResult:
   task = common.make_task(config)
   tok_spec = common.tokenizer_spec(config, workdir, task)
   tok = tokenizer_lib.from_spec(tok_spec)
-  layout = common.layout(config, tok)
-  where = None  # each record's path:line (data.sft_records_path), for error messages
-  if config.data.sft_records_path:
-    train_records, where = read_jsonl_records(config.data.sft_records_path)
-    name = "sft_records_path"
-  else:
-    train_records, name = common.records(config, workdir, "sft", "train"), config.task.name
-  train_arrays, _ = pipeline.prepare_sft(train_records, layout, name=f"{name}/train", where=where)
+  layout = common.layout(config, tok, tok_spec)
+  train = common.record_set(config, workdir, "sft", "train")
+  train_arrays, _ = pipeline.prepare_sft(train.records, layout, name="sft/train",
+                                         where=train.where)
   if config.data.packing:
     train_arrays, _ = packing.pack_sft(train_arrays, layout.prompt_len + layout.completion_len,
-                                       name=f"{name}/train")
+                                       name="sft/train")
   buckets = tuple(config.data.length_buckets)
-  eval_arrays, _ = pipeline.prepare_sft(common.records(config, workdir, "sft", "test"), layout,
-                                        name=f"{config.task.name}/test")
+  held = common.record_set(config, workdir, "sft", "test")
+  eval_arrays, _ = pipeline.prepare_sft(held.records, layout, name="sft/test", where=held.where)
 
   model_cfg = common.model_config(config, tok.vocab_size)
   run_cfg = precision.apply_model_options(model_cfg, config)  # + remat (not exported)

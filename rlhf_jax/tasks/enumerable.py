@@ -63,7 +63,7 @@ __all__ = [
 SPLITS = ("train", "test")
 LABEL_MODES = ("deterministic", "bradley_terry")
 _SPLIT_IDS = {"train": 0, "test": 1}
-_KIND_IDS = {"sft": 0, "preferences": 1}
+_KIND_IDS = {"sft": 0, "preferences": 1, "ranked": 2}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +97,8 @@ class EnumerableTask:
   num_test_prompts: int = 16
   num_sft: tuple[int, int] = (8192, 1024)            # (train, test) demonstrations
   num_pairs: tuple[int, int] = (4096, 1024)          # (train, test) kept preference pairs
+  num_ranked: tuple[int, int] = (2048, 512)          # (train, test) kept rankings
+  num_completions: int = 4                            # K completions per ranking
   labels: str = "deterministic"                       # or "bradley_terry"
   seed: int = 0
 
@@ -112,11 +114,12 @@ class EnumerableTask:
         (0 < self.num_test_prompts < k ** self.prompt_len,
          f"num_test_prompts must be in 1..{k ** self.prompt_len - 1}"),
         (self.labels in LABEL_MODES, f"labels must be one of {LABEL_MODES}"),
-        (len(self.num_sft) == 2 and len(self.num_pairs) == 2,
-         "num_sft and num_pairs are (train, test) pairs"),
+        (len(self.num_sft) == 2 and len(self.num_pairs) == 2 and len(self.num_ranked) == 2,
+         "num_sft, num_pairs and num_ranked are (train, test) pairs"),
+        (self.num_completions >= 2, "num_completions must be >= 2 (a ranking of K completions)"),
     ]
-    object.__setattr__(self, "num_sft", tuple(self.num_sft))
-    object.__setattr__(self, "num_pairs", tuple(self.num_pairs))
+    for field in ("num_sft", "num_pairs", "num_ranked"):
+      object.__setattr__(self, field, tuple(getattr(self, field)))
     for ok, msg in checks:
       if not ok:
         raise ValueError(f"EnumerableTask: {msg}; got {self}")
@@ -343,6 +346,57 @@ class EnumerableTask:
                       "chosen_gold": float(rw), "rejected_gold": float(rl)})
     counts["kept"] = len(records)
     _log.info("EnumerableTask.preference_records(%s, labels=%s): %s", split, self.labels, counts)
+    return records, counts
+
+  def ranked_records(self, split: str) -> Iterator[dict]:
+    """Rankings of K π_ref samples by gold; see `ranked_records_with_counts`."""
+    records, _ = self.ranked_records_with_counts(split)
+    yield from records
+
+  def ranked_records_with_counts(self, split: str) -> tuple[list[dict], dict[str, int]]:
+    """(records, counts): `num_ranked[split]` kept rankings of K = `num_completions` completions.
+
+    Each draw, as for preference pairs: a uniform prompt of the split, K independent π_ref
+    samples. Draws with a repeated completion are skipped ('skipped_identical'). `labels`:
+      'deterministic':  ranked by gold, best first; a draw with two equal golds is skipped
+                        ('skipped_tie'), so every kept ranking is strict;
+      'bradley_terry':  a Plackett-Luce sample with weights exp(gold): the order of gold + Gumbel
+                        noise (for K = 2 the Bradley-Terry label of the pairs; never tied).
+    Records: {'prompt', 'completions' (in draw order), 'ranks' (ranks[j] = place of completion
+    j, 0 = best), 'golds'} (data/ranked.py). Counts are logged at INFO. Raises if fewer than 1 in
+    20 draws is kept (K about 8 or more in the default world: π_ref repeats itself).
+    """
+    _check_split(split)
+    want, k = self.num_ranked[_SPLIT_IDS[split]], self.num_completions
+    rng = self._rng(split, "ranked")
+    prompts = self.prompts(split)
+    counts = {"drawn": 0, "kept": 0, "skipped_identical": 0, "skipped_tie": 0}
+    records = []
+    while len(records) < want:
+      if counts["drawn"] > 20 * want + 100:
+        raise RuntimeError(f"EnumerableTask.ranked_records({split!r}): only {len(records)} of "
+                           f"{counts['drawn']} draws kept (K={k}); counts {counts}")
+      counts["drawn"] += 1
+      x = prompts[rng.integers(len(prompts))]
+      ys = self.sample_reference(x, rng, k)
+      noise_K = rng.gumbel(size=k)  # drawn every time: the stream does not depend on the labels
+      if len(set(ys)) < k:
+        counts["skipped_identical"] += 1
+        continue
+      gold_K = np.array([self.gold_reward(x, y) for y in ys])
+      if self.labels == "deterministic":
+        if len(set(gold_K.tolist())) < k:
+          counts["skipped_tie"] += 1
+          continue
+        score_K = gold_K
+      else:
+        score_K = gold_K + noise_K
+      ranks_K = np.argsort(np.argsort(-score_K, kind="stable"), kind="stable")
+      records.append({"prompt": x, "completions": list(ys), "ranks": ranks_K.tolist(),
+                      "golds": gold_K.tolist()})
+    counts["kept"] = len(records)
+    _log.info("EnumerableTask.ranked_records(%s, K=%d, labels=%s): %s", split, k, self.labels,
+              counts)
     return records, counts
 
   def texts(self) -> Iterator[str]:

@@ -26,6 +26,7 @@ from jax.experimental import multihost_utils
 
 _requested: int | None = None   # the signal number received, if any
 _installed = False
+_previous: dict[int, object] = {}   # the handlers install() replaced, restored by uninstall()
 
 
 class Preempted(Exception):
@@ -60,18 +61,18 @@ def install() -> None:
   global _installed
   if _installed:
     return
-  signal.signal(signal.SIGINT, _handle)
-  if not _multihost():
-    signal.signal(signal.SIGTERM, _handle)
+  signals = [signal.SIGINT] if _multihost() else [signal.SIGINT, signal.SIGTERM]
+  for signum in signals:
+    _previous[signum] = signal.signal(signum, _handle)
   _installed = True
 
 
 def uninstall() -> None:
-  """Restores the default handlers and forgets any request (tests)."""
+  """Restores the handlers install() replaced and forgets any request (tests)."""
   global _installed, _requested
-  signal.signal(signal.SIGINT, signal.default_int_handler)
-  if not _multihost():
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+  for signum, handler in _previous.items():
+    signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+  _previous.clear()
   _installed, _requested = False, None
 
 

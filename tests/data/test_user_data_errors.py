@@ -1,6 +1,6 @@
 """User data that is wrong fails with a ValueError naming the file and line and what is wrong:
-data.sft_records_path JSONL records (stages/sft.read_jsonl_records, then the layout's messages)
-and a model.hf_path checkpoint whose config.json is not JSON (hf.read_hf_config, validate)."""
+JSONL records (data/sources.read_file, data/formats.canonical, then the layout's messages) and a
+model.hf_path checkpoint whose config.json is not JSON (hf.read_hf_config, validate)."""
 
 import json
 import os
@@ -9,12 +9,11 @@ import re
 import pytest
 
 from rlhf_jax import configlib, validate
-from rlhf_jax.data import pipeline, tokenizer as tokenizer_lib
+from rlhf_jax.data import formats, pipeline, sources, tokenizer as tokenizer_lib
 from rlhf_jax.models import hf
 from rlhf_jax.stages import sft
 
 GOOD = b'{"prompt": "1+1=", "completion": "2"}\n'
-FIELDS = "['prompt', 'completion']"
 
 
 def _write(tmp_path, data: bytes, name: str = "records.jsonl") -> str:
@@ -23,17 +22,21 @@ def _write(tmp_path, data: bytes, name: str = "records.jsonl") -> str:
   return str(path)
 
 
+def _read_sft(path: str) -> sources.Records:
+  return formats.canonical(sources.read_file(path), "sft")[0]
+
+
 def _read_error(path: str) -> str:
   with pytest.raises(ValueError) as info:
-    sft.read_jsonl_records(path)
+    _read_sft(path)
   return str(info.value)
 
 
 def test_good_records_keep_their_lines(tmp_path):
   path = _write(tmp_path, b"\xef\xbb\xbf" + GOOD + b"\n  \n" + GOOD.replace(b"2", b"3"))
-  records, where = sft.read_jsonl_records(path)
-  assert [r["completion"] for r in records] == ["2", "3"]
-  assert where == [f"{path}:1", f"{path}:4"]
+  read = _read_sft(path)
+  assert [r["completion"] for r in read.records] == ["2", "3"]
+  assert read.where == [f"{path}:1", f"{path}:4"]
 
 
 def test_invalid_utf8_names_line_and_byte_offset(tmp_path):
@@ -47,8 +50,7 @@ def test_invalid_utf8_names_line_and_byte_offset(tmp_path):
 
 def test_json_array_line(tmp_path):
   path = _write(tmp_path, GOOD + b"\n" + b'["1+1=", "2"]\n')
-  assert _read_error(path) == (f"{path}:3: expected a JSON object with text fields {FIELDS}, "
-                               "got list")
+  assert _read_error(path) == f"{path}:3: expected a JSON object per line, got list"
 
 
 def test_not_json(tmp_path):
@@ -58,15 +60,19 @@ def test_not_json(tmp_path):
 
 
 @pytest.mark.parametrize("line,problem", [
-    (b'{"prompt": "1+1="}', "field 'completion' is missing"),
-    (b'{"prompt": "1+1=", "answer": "2"}', "field 'completion' is missing"),
-    (b'{"prompt": "1+1=", "completion": 2}', "field 'completion' is not text but int"),
-    (b'{"prompt": null, "completion": "2"}', "field 'prompt' is not text but null"),
+    (b'{"prompt": "1+1="}', "not an SFT record: expected {prompt, completion}, {messages} or a "
+                            "preference pair (this record has ['prompt']"),
+    (b'{"prompt": "1+1=", "answer": "2"}', "not an SFT record"),
+    (b'{"prompt": "1+1=", "completion": 2}', "field 'completion' is a int; expected text or a "
+                                             "list of {role, content} messages"),
+    (b'{"prompt": null, "completion": "2"}', "field 'prompt' is null"),
+    (b'{"messages": [{"role": "user", "content": 1}]}', "(messages): message 0 is not a {role: "
+                                                        "str, content: str} object"),
 ])
 def test_missing_or_non_text_field(tmp_path, line, problem):
   path = _write(tmp_path, GOOD + GOOD + line + b"\n")
   msg = _read_error(path)
-  assert msg.startswith(f"{path}:3: {problem}; an SFT record has text fields {FIELDS}"), msg
+  assert msg.startswith(f"{path}:3") and problem in msg, msg
 
 
 def test_empty_file(tmp_path):
@@ -85,10 +91,10 @@ def layout():
 ])
 def test_layout_errors_name_the_file_line(tmp_path, layout, line, problem):
   path = _write(tmp_path, GOOD + b"\n" + line + b"\n")
-  records, where = sft.read_jsonl_records(path)
+  read = _read_sft(path)
   with pytest.raises(ValueError) as info:
-    pipeline.prepare_sft(records, layout, name="sft_records_path/train", where=where)
-  assert str(info.value).startswith(f"{path}:3 (sft_records_path/train record 1): {problem}")
+    pipeline.prepare_sft(read.records, layout, name="sft/train", where=read.where)
+  assert str(info.value).startswith(f"{path}:3 (sft/train record 1): {problem}")
 
 
 def test_sft_stage_fails_on_bad_records_before_training(tmp_path):

@@ -66,3 +66,17 @@ def test_a_signal_during_setup_stops_before_the_first_step(tmp_path, handlers):
 
 def test_without_handlers_nothing_stops():
   assert preemption.requested_signal() is None and not preemption.should_stop(1)
+
+
+def test_uninstall_restores_the_handlers_that_install_replaced():
+  def mine(signum, frame):
+    del signum, frame
+  old_int, old_term = signal.signal(signal.SIGINT, mine), signal.signal(signal.SIGTERM, mine)
+  try:
+    preemption.install()
+    assert signal.getsignal(signal.SIGINT) is not mine
+    preemption.uninstall()
+    assert signal.getsignal(signal.SIGINT) is mine and signal.getsignal(signal.SIGTERM) is mine
+  finally:
+    signal.signal(signal.SIGINT, old_int)
+    signal.signal(signal.SIGTERM, old_term)

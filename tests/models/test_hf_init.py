@@ -14,7 +14,7 @@ import tokenizers
 
 from hf_testlib import random_params
 from rlhf_jax import configlib, models, validate
-from rlhf_jax.data import pipeline, tokenizer as tokenizer_lib
+from rlhf_jax.data import chat, pipeline, tokenizer as tokenizer_lib
 from rlhf_jax.stages import common, reward_model as rm_stage, sft as sft_stage
 from rlhf_jax.train import export, metrics as metrics_lib
 
@@ -78,7 +78,9 @@ def test_export_reloads_with_the_hf_tokenizer(hf_dir, sft_run):
   _, workdir, config = sft_run
   mesh, rules = common.mesh_and_rules(config)
   exp = export.load(workdir, mesh, rules, kind="lm")
-  assert exp.tokenizer == {"kind": "hf", "path": os.path.abspath(hf_dir)}
+  # The checkpoint has no chat template of its own: the built-in one travels with the export.
+  assert exp.tokenizer == {"kind": "hf", "path": os.path.abspath(hf_dir),
+                           "chat_template": chat.DEFAULT_TEMPLATE}
   hf_cfg = models.load_hf(hf_dir).cfg
   assert exp.model_config == hf_cfg
   assert {k: exp.model_config.__dict__[k] for k in SHAPE} == SHAPE

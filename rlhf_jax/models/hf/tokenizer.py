@@ -52,6 +52,13 @@ class HFTokenizer:
   def encode(self, text: str) -> list[int]:
     return list(self._tok.encode(text, add_special_tokens=False).ids)
 
+  def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    encoding = self._tok.encode(text, add_special_tokens=False)
+    return list(encoding.ids), [tuple(o) for o in encoding.offsets]
+
+  def id_to_token(self, i: int) -> str:
+    return self._tok.id_to_token(int(i))
+
   def decode(self, ids: Sequence[int]) -> str:
     special = {self.pad_id, self.bos_id, self.eos_id}
     return self._tok.decode([int(i) for i in ids if int(i) not in special],
