@@ -73,6 +73,13 @@ def _parse_value(text: str, current: Any, key: str) -> Any:
   return value
 
 
+def _literal(text: str):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return None
+
+
 def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
   """Sets dotted `key` to the parsed `text`; unknown keys list the valid ones."""
   parts = key.split(".")
@@ -88,7 +95,13 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
   leaf = parts[-1]
   current = node[leaf]
   if isinstance(current, ml_collections.ConfigDict):
-    raise KeyError(f"config key {key!r} is a group, not a value; set one of {sorted(current.keys())}")
+    value = _literal(text)
+    if isinstance(value, dict):  # a whole group as a dict, e.g. reward.function_params
+      with node.unlocked():
+        node[leaf] = ml_collections.ConfigDict(value)
+      return
+    raise KeyError(f"config key {key!r} is a group, not a value; set one of "
+                   f"{sorted(current.keys())}, or the whole group as a dict literal")
   with node.unlocked():
     node[leaf] = _parse_value(text, current, key)
 

@@ -201,6 +201,12 @@ def canonical(raw: Records, kind: str, fields: Mapping[str, str] | None = None, 
   return Records(records, where), dict(drops)
 
 
+def reply(prompt, text: str):
+  """A generated completion in its prompt's format: the text, or (for a message-list prompt)
+  one assistant message, so sampled records read back as SFT / preference records."""
+  return text if isinstance(prompt, str) else [{"role": "assistant", "content": text}]
+
+
 def texts(records: Records) -> list[str]:
   """Every text of the records (prompts, completions, message contents): tokenizer training."""
   out: list[str] = []

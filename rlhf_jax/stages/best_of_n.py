@@ -19,7 +19,7 @@ import os
 import jax
 import numpy as np
 
-from rlhf_jax.data import pipeline
+from rlhf_jax.data import formats, pipeline
 from rlhf_jax.rewards import functions as reward_fns
 from rlhf_jax.stages import online, sft as sft_stage
 from rlhf_jax.tasks import exact
@@ -84,18 +84,23 @@ def exact_best_of_n(s: online.Setup, config) -> dict:
                                                                        evaluator.gold_PxN)))}
 
 
+def _text(completion) -> str:
+  return completion if isinstance(completion, str) else completion[0]["content"]
+
+
 def select(prompts, completions, rewards, *, keep: str, top_k: int) -> list[dict]:
   """Best completion per prompt (`keep=best_per_prompt`) or the top_k (prompt, completion)
   pairs by reward overall (`keep=top_k`)."""
   if keep == "best_per_prompt":
     best = np.argmax(rewards, axis=1)
-    return [{"prompt": p, "completion": c[j], "reward": float(r[j])}
+    return [{"prompt": p, "completion": formats.reply(p, c[j]), "reward": float(r[j])}
             for p, c, r, j in zip(prompts, completions, rewards, best)]
   if keep == "top_k":
     flat = [(float(r), p, c) for p, cs, rs in zip(prompts, completions, rewards)
             for c, r in zip(cs, rs)]
     flat.sort(key=lambda x: -x[0])
-    return [{"prompt": p, "completion": c, "reward": r} for r, p, c in flat[:top_k]]
+    return [{"prompt": p, "completion": formats.reply(p, c), "reward": r}
+            for r, p, c in flat[:top_k]]
   raise ValueError(f"unknown bon.keep {keep!r}; valid: {list(KEEP)}")
 
 
@@ -113,7 +118,8 @@ def ranked_pairs(s: online.Setup, config, split: str, max_prompts: int) -> list[
     if not config.data.allow_empty_completion and not (cs[hi] and cs[lo]):
       empty += 1
       continue
-    records.append({"prompt": p, "chosen": cs[hi], "rejected": cs[lo],
+    records.append({"prompt": p, "chosen": formats.reply(p, cs[hi]),
+                    "rejected": formats.reply(p, cs[lo]),
                     "chosen_gold": float(golds[i][hi]) if golds is not None else float("nan"),
                     "rejected_gold": float(golds[i][lo]) if golds is not None else float("nan")})
   logging.info("on-policy pairs (%s): %d kept; prompts dropped: %d all samples tied, %d an empty "
@@ -149,7 +155,7 @@ def run(config, workdir: str):
                                                       config.bon.max_train_prompts)
   selected = select(prompts, completions, rewards, keep=config.bon.keep, top_k=config.bon.top_k)
   chosen = [r for r in selected if r["reward"] >= config.bon.min_reward
-            and (r["completion"] or config.data.allow_empty_completion)]
+            and (_text(r["completion"]) or config.data.allow_empty_completion)]
   logging.info("rejection sampling: kept %d of %d selected samples (min_reward %s, empty "
                "completions %s)", len(chosen), len(selected), config.bon.min_reward,
                "kept" if config.data.allow_empty_completion else "dropped")

@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 import jax
+import ml_collections
 
 from rlhf_jax import models, validate
 from rlhf_jax.data import builders, chat, formats, pipeline, sources
@@ -55,15 +56,26 @@ def record_set(config, workdir: str, kind: str, split: str) -> sources.Records:
     return sources.Records(records, [f"{config.task.name}/{name} record {i}"
                                      for i in range(len(records))])
 
-  if uses_task(config) and kind == "sft" and split == "train" and dc.sft_records_path:
-    raw = sources.read_file(dc.sft_records_path)  # rejection sampling's output
+  samples = kind == "sft" and dc.sft_records_path  # rejection sampling's output
+  if samples and uses_task(config):
+    if split == "train":  # all of it; the task's own held-out split evaluates
+      raw = sources.read_file(dc.sft_records_path)
+    else:
+      return distributed.on_process_zero_first(
+          f"data/{kind}/{split}",
+          lambda: sources.read(dc, split, data_dir=data_dir, task_reader=task_reader))
   else:
+    if samples:  # the user's data: the samples file, data.heldout_fraction of it held out
+      dc = ml_collections.ConfigDict({**dc.to_dict(), "source": "files",
+                                      "path": dc.sft_records_path, "train_split": "train",
+                                      "eval_split": "test"})
     raw = distributed.on_process_zero_first(
         f"data/{kind}/{split}",
         lambda: sources.read(dc, split, data_dir=data_dir, task_reader=task_reader))
-  if uses_task(config) and not (kind == "sft" and dc.sft_records_path and split == "train"):
-    return raw  # the toy tasks write canonical records
-  out, drops = formats.canonical(raw, kind, dict(dc.fields), name=f"{kind}/{split}")
+    if uses_task(config):
+      return raw  # the toy tasks write canonical records
+  fields = {} if samples else dict(dc.fields)  # samples are written with canonical names
+  out, drops = formats.canonical(raw, kind, fields, name=f"{kind}/{split}")
   if drops:
     logging.info("%s/%s: %d records, dropped %s", kind, split, len(out), drops)
   return out

@@ -61,3 +61,12 @@ def test_cli_errors_list_valid_choices(tmp_path, override, expected):
   assert expected in proc.stderr, proc.stderr[-2000:]
   if "stage" in override:
     assert "'sft'" in proc.stderr and "'dpo'" in proc.stderr
+
+
+def test_a_group_takes_a_dict_literal_and_nothing_else():
+  c = configlib.get("configs/grpo.py:test", [
+      ("reward.function_params", "{'length': {'target': 3, 'unit': 'chars'}}")])
+  assert c.reward.function_params.length.target == 3
+  assert c.reward.function_params.length.unit == "chars"
+  with pytest.raises(KeyError, match="is a group, not a value"):
+    configlib.get("configs/grpo.py:test", [("reward.function_params", "3")])

@@ -174,6 +174,23 @@ def test_grpo_on_prompts_with_named_reward_functions(chat_sft, tmp_path, monkeyp
   assert any("eval/reward" in r for r in rows)
 
 
+def test_rejection_sampling_on_chat_prompts_writes_chat_sft_records(chat_sft, tmp_path):
+  root, _ = chat_sft
+  rng = random.Random(6)
+  prompts = [{"prompt": [{"role": "user", "content": f"what is {a} plus {b}?"}],
+              "answer": str(a + b)} for a, b in ((rng.randint(0, 20), rng.randint(0, 20))
+                                                 for _ in range(48))]
+  path = _write_jsonl(tmp_path / "prompts.jsonl", prompts)
+  _run(tmp_path / "rs", _user(
+      "configs/best_of_n.py:rejection_sampling,test", path,
+      f"--config.init.from_workdir={root}/sft", "--config.reward.source=functions",
+      "--config.reward.functions=length*1.0", "--config.reward.function_params={'length': {'target': 1}}",
+      prompt_len=24, completion_len=16))
+  samples = [json.loads(line) for line in open(tmp_path / "rs" / "samples.jsonl")]
+  assert samples and all(s["completion"][0]["role"] == "assistant" for s in samples)
+  assert export.load_meta(str(tmp_path / "rs"))["kind"] == "lm"
+
+
 def test_hh_rlhf_recipe_on_a_fixture_in_the_real_format(tmp_path):
   manual = tmp_path / "hh" / "harmless-base"
   manual.mkdir(parents=True)
