@@ -9,7 +9,8 @@ sparse 0/1 reward wants many prompts per step (128 x 8 samples), two optimizer s
 and a moderate learning rate (4e-4; 1e-3 with 4 minibatches per rollout collapsed accuracy from a
 stronger SFT policy).
 Variants: `test` (seconds), `enumerable` (gold reward of the enumerable world instead of the
-arithmetic verifier), `dr_grpo`, `dapo`, `rloo`, `reinforce`, `gspo`.
+arithmetic verifier), `dr_grpo`, `dapo`, `rloo`, `reinforce`, `gspo`, `reinforce_pp`
+(REINFORCE++), `cispo`.
 """
 
 import ml_collections
@@ -19,7 +20,8 @@ from rlhf_jax import configlib, defaults
 
 def get_config(arg=None):
   variants = configlib.parse_variants(
-      arg, {"test", "enumerable", "dr_grpo", "dapo", "rloo", "reinforce", "gspo"})
+      arg, {"test", "enumerable", "dr_grpo", "dapo", "rloo", "reinforce", "gspo", "reinforce_pp",
+            "cispo"})
   c = defaults.base_config()
   c.stage = "policy_gradient"
   if "enumerable" in variants:
@@ -58,6 +60,10 @@ def get_config(arg=None):
     c.pg.algorithm, c.pg.aggregation, c.pg.kl_estimator = "rloo", "token-mean", "k1"
   if "reinforce" in variants:
     c.pg.algorithm, c.pg.aggregation, c.pg.kl_estimator = "reinforce", "token-mean", "k1"
+  if "reinforce_pp" in variants:  # KL in the reward per token, batch-whitened returns (Hu 2025)
+    c.pg.algorithm, c.pg.aggregation, c.pg.kl_estimator = "reinforce_pp", "token-mean", "k1"
+  if "cispo" in variants:  # clipped IS weight, gradients through every token (MiniMax-M1 2025)
+    c.pg.algorithm, c.pg.aggregation, c.pg.clip_eps_high = "cispo", "token-mean", 0.28
   if "test" in variants:
     defaults.shrink_for_test(c, num_steps=4, eval_every=4, log_every=1, eval_examples=32)
     c.rl.prompts_per_step = 8

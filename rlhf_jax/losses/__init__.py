@@ -19,6 +19,7 @@ from rlhf_jax.losses.advantages import REINFORCE_BASELINES
 from rlhf_jax.losses.advantages import gae
 from rlhf_jax.losses.advantages import group_advantages
 from rlhf_jax.losses.advantages import reinforce_advantages
+from rlhf_jax.losses.advantages import reinforce_pp_advantages
 from rlhf_jax.losses.advantages import rloo_advantages
 from rlhf_jax.losses.advantages import sequence_to_token
 from rlhf_jax.losses.advantages import whiten
@@ -35,6 +36,7 @@ from rlhf_jax.losses.logprobs import sequence_logps
 from rlhf_jax.losses.logprobs import token_entropy
 from rlhf_jax.losses.logprobs import token_logps
 from rlhf_jax.losses.policy import RATIO_LEVELS
+from rlhf_jax.losses.policy import cispo_policy_loss
 from rlhf_jax.losses.policy import entropy_bonus
 from rlhf_jax.losses.policy import ppo_policy_loss
 from rlhf_jax.losses.policy import ppo_policy_metrics
@@ -61,10 +63,11 @@ __all__ = [
     "AGGREGATION_MODES", "DPO_VARIANTS", "FAMILIES", "GROUP_SCALES", "KL_ESTIMATORS", "RATIO_LEVELS",
     "REINFORCE_BASELINES", "UnknownNameError",
     "advantages", "aggregation", "kl", "logprobs", "policy", "preference", "registry", "reward", "sft",
-    "aggregate_loss", "bradley_terry_loss", "chosen_nll_loss", "dpo_implicit_rewards", "dpo_loss",
-    "entropy_bonus", "family", "gae", "get", "group_advantages", "kl_penalty", "kl_shaped_rewards",
+    "aggregate_loss", "bradley_terry_loss", "chosen_nll_loss", "cispo_policy_loss",
+    "dpo_implicit_rewards", "dpo_loss", "entropy_bonus", "family", "gae", "get", "group_advantages", "kl_penalty", "kl_shaped_rewards",
     "masked_mean", "masked_sum", "names", "orpo_loss", "pairwise_accuracy", "plackett_luce_loss",
     "ppo_policy_loss", "ppo_policy_metrics", "ptx_loss", "reduce_token_logps", "register",
-    "reinforce_advantages", "rloo_advantages", "sequence_kl", "sequence_logps", "sequence_to_token",
+    "reinforce_advantages", "reinforce_pp_advantages", "rloo_advantages", "sequence_kl",
+    "sequence_logps", "sequence_to_token",
     "sft_loss", "simpo_loss", "token_entropy", "token_logps", "value_loss", "whiten",
 ]

@@ -203,6 +203,52 @@ def reinforce_advantages(rewards_B: jax.Array, *,
   return r - jax.lax.stop_gradient(_checks.as_float(baseline))
 
 
+def reinforce_pp_advantages(scores_B: jax.Array, kl_BxT: jax.Array, mask_BxT: jax.Array, *,
+                            beta: float | jax.Array, gamma: float = 1.0) -> jax.Array:
+  r"""REINFORCE++ token advantages (Hu 2025, "REINFORCE++: a simple and efficient approach for
+  aligning LLMs"; verl's ``reinforce_plus_plus`` outcome advantage).
+
+  The KL is a per-token reward, the score arrives at the last completion token, the return is
+  the discounted sum of what follows, and the advantages are whitened over every valid token of
+  the global batch (no critic, no per-prompt group):
+
+  .. math::
+      r_t = -eta\,\mathrm{kl}_t + s\,[t = T_{last}], \qquad
+      G_t = \sum_{u \ge t} \gamma^{u - t} r_u, \qquad
+      A_t = rac{G_t - \mu_G}{\sqrt{\sigma_G^2 + 10^{-8}}}
+
+  with :math:`\mu_G, \sigma_G^2` the mean and (Bessel-corrected) variance of :math:`G` over the
+  valid tokens of the batch.
+
+  Args:
+    scores_B: [B] sequence rewards.
+    kl_BxT: [B, T] per-token KL estimates (e.g. k1 against the reference).
+    mask_BxT: [B, T] completion mask (contiguous from t = 0).
+    beta: KL coefficient.
+    gamma: discount (1 in the paper's setting).
+
+  Returns:
+    advantages_BxT: [B, T], no gradient, 0 on padding.
+  """
+  fn = "reinforce_pp_advantages"
+  _checks.check_rank(fn, "scores_B", scores_B, 1, "[B]")
+  _checks.check_rank(fn, "kl_BxT", kl_BxT, 2, "[B, T]")
+  _checks.check_same_shape(fn, kl_BxT=kl_BxT, mask_BxT=mask_BxT)
+  kl = jax.lax.stop_gradient(_checks.as_float(kl_BxT))
+  mask = _checks.as_mask(mask_BxT, kl)
+  scores = jax.lax.stop_gradient(_checks.as_float(scores_B))
+  length_B = jnp.sum(mask, axis=-1).astype(jnp.int32)
+  last_BxT = jax.nn.one_hot(jnp.maximum(length_B - 1, 0), kl.shape[-1]) * (length_B > 0)[:, None]
+  rewards = jnp.where(mask > 0, -beta * kl, 0.0) + scores[:, None] * last_BxT
+
+  def step(next_return_B, reward_B):
+    g_B = reward_B + gamma * next_return_B
+    return g_B, g_B
+
+  _, returns_TxB = jax.lax.scan(step, jnp.zeros_like(scores), rewards.T, reverse=True)
+  return whiten(returns_TxB.T, mask)
+
+
 def sequence_to_token(x_B: jax.Array, mask_BxT: jax.Array) -> jax.Array:
   """Broadcasts a per-sequence value (e.g. a GRPO advantage) onto its tokens, 0 where `mask_BxT` is 0
   (even if the value of a padded row is NaN).

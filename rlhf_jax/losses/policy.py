@@ -1,5 +1,5 @@
-r"""Policy-gradient losses: PPO / GRPO / DAPO / GSPO clipped surrogate, clipped value loss, entropy bonus
-and the pretraining-mix (PPO-ptx) term.
+r"""Policy-gradient losses: PPO / GRPO / DAPO / GSPO clipped surrogate, CISPO's clipped IS-weight
+REINFORCE loss, clipped value loss, entropy bonus and the pretraining-mix (PPO-ptx) term.
 
 All losses are per token, [B, T], 0 on padding; reduce them with `aggregate_loss`, whose `mode` picks the
 PPO/GRPO/Dr. GRPO/DAPO normalisation.
@@ -136,6 +136,51 @@ def ppo_policy_metrics(logp_BxT: jax.Array, old_logp_BxT: jax.Array, advantages_
       "ratio_mean": mean(ratio),
       "ratio_max": jnp.max(jnp.where(mask > 0, ratio, -jnp.inf)),
   }
+
+
+def cispo_policy_loss(logp_BxT: jax.Array, old_logp_BxT: jax.Array, advantages_BxT: jax.Array,
+                      mask_BxT: jax.Array, *, clip_eps_high: float,
+                      clip_eps_low: float | None = None) -> jax.Array:
+  r"""CISPO per-token loss (MiniMax-M1, 2025, "Scaling test-time compute efficiently with
+  lightning attention"): REINFORCE with a clipped, stop-gradient importance-sampling weight.
+
+  .. math::
+      \ell_t = -\,\mathrm{sg}ig(\mathrm{clip}(ho_t, 1 - \epsilon_{low}, 1 + \epsilon_{high})ig)
+               \,A_t \,\log\pi_	heta(y_t), \qquad ho_t = rac{\pi_	heta(y_t)}{\pi_{old}(y_t)}
+
+  Unlike PPO's clipped surrogate, which gives a token zero gradient once its ratio leaves the
+  trust region, every token keeps its gradient :math:`-\hatho_t A_t 
+abla\log\pi_	heta(y_t)`;
+  only the size of its weight is capped. `clip_eps_low=None` leaves the weight unbounded below
+  (the paper's setting); the log-ratio is clamped to [-20, 20] before exp as in the PPO ratio.
+
+  Args:
+    logp_BxT: [B, T] log-probs of the sampled tokens under the current policy.
+    old_logp_BxT: [B, T] log-probs under the sampling policy (no gradient).
+    advantages_BxT: [B, T] advantages (no gradient).
+    mask_BxT: [B, T] completion mask.
+    clip_eps_high: upper clip of the weight, 1 + clip_eps_high.
+    clip_eps_low: lower clip, 1 - clip_eps_low; None: no lower bound.
+
+  Returns:
+    loss_BxT: [B, T], 0 on padding; reduce with `aggregate_loss` (the paper: token-mean).
+  """
+  fn = "cispo_policy_loss"
+  _checks.check_rank(fn, "logp_BxT", logp_BxT, 2, "[B, T]")
+  _checks.check_same_shape(fn, logp_BxT=logp_BxT, old_logp_BxT=old_logp_BxT,
+                           advantages_BxT=advantages_BxT, mask_BxT=mask_BxT)
+  _checks.check_static_range(fn, "clip_eps_high", clip_eps_high, low=0.0)
+  _checks.check_static_range(fn, "clip_eps_low", clip_eps_low, low=0.0)
+  logp = _checks.as_float(logp_BxT)
+  mask = _checks.as_mask(mask_BxT, logp)
+  valid = mask > 0
+  logp = jnp.where(valid, logp, 0.0)
+  old_logp = jnp.where(valid, jax.lax.stop_gradient(_checks.as_float(old_logp_BxT)), 0.0)
+  adv = jnp.where(valid, jax.lax.stop_gradient(_checks.as_float(advantages_BxT)), 0.0)
+  log_ratio = jnp.clip(jax.lax.stop_gradient(logp) - old_logp, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+  low = 0.0 if clip_eps_low is None else 1.0 - clip_eps_low
+  weight = jnp.clip(jnp.exp(log_ratio), low, 1.0 + clip_eps_high)
+  return jnp.where(valid, -weight * adv * logp, 0.0)
 
 
 def value_loss(values_BxT: jax.Array, old_values_BxT: jax.Array, returns_BxT: jax.Array,

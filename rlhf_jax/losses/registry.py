@@ -92,6 +92,7 @@ register("kl_shaped_rewards", kl.kl_shaped_rewards, family="kl")
 
 register("ppo_policy", policy.ppo_policy_loss, family="policy")
 register("gspo_policy", _partial(policy.ppo_policy_loss, level="sequence"), family="policy")
+register("cispo_policy", policy.cispo_policy_loss, family="policy")
 register("ppo_value", policy.value_loss, family="policy")
 register("entropy_bonus", policy.entropy_bonus, family="policy")
 register("ptx", policy.ptx_loss, family="policy")
@@ -102,5 +103,6 @@ register("grpo_batch_std", _partial(advantages.group_advantages, scale="batch"),
 register("dr_grpo", _partial(advantages.group_advantages, scale="none"), family="advantages")
 register("rloo", advantages.rloo_advantages, family="advantages")
 register("reinforce", advantages.reinforce_advantages, family="advantages")
+register("reinforce_pp", advantages.reinforce_pp_advantages, family="advantages")
 
 register("aggregate", aggregation.aggregate_loss, family="aggregation")

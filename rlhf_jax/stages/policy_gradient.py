@@ -1,4 +1,5 @@
-"""Critic-free policy-gradient stage: GRPO (and Dr. GRPO / DAPO settings), RLOO, REINFORCE.
+"""Critic-free policy-gradient stage: GRPO (and Dr. GRPO / DAPO / GSPO settings), RLOO,
+REINFORCE, REINFORCE++, CISPO.
 
 Selected by `config.pg.algorithm` (train/policy_gradient.py); the loop, rollouts, rewards and KL
 control are shared with PPO (stages/online.py). Produces `<workdir>/export` (kind "lm").
@@ -20,11 +21,13 @@ def make_prepare_fn(cfg):
   def prepare(fields, scores_B, beta):
     mask = fields["mask"].astype(jnp.float32)
     kl_B = losses.sequence_kl(fields["old_logp"], fields["ref_logp"], mask)
-    adv_B = pg.advantages(cfg, scores_B, kl_B, beta)
+    kl_BxT = losses.kl_penalty(fields["old_logp"], fields["ref_logp"],
+                               estimator=cfg.kl_estimator) * mask
+    adv_B = pg.advantages(cfg, scores_B, kl_B, beta, kl_BxT, mask)  # [B], or [B, T]
     batch = {k: fields[k] for k in ("prompt_tokens", "prompt_mask", "tokens", "mask", "old_logp",
                                     "ref_logp")}
     batch["advantages"] = adv_B
-    batch["kl_coef"] = jnp.full(adv_B.shape, beta, jnp.float32)
+    batch["kl_coef"] = jnp.full(adv_B.shape[:1], beta, jnp.float32)
     return batch, {"kl": jnp.mean(kl_B), "advantage_abs": jnp.mean(jnp.abs(adv_B))}
   return jax.jit(prepare)
 

@@ -129,6 +129,10 @@ GROUPS: dict[str, tuple[Entry, ...]] = {
         Entry("ppo_policy", _TOK3, dict(clip_eps=CLIP, clip_eps_high=_hp(0.2, 0.3), dual_clip=_hp(2.0, 5.0)),
               masked=True),
         Entry("gspo_policy", _TOK3, dict(clip_eps=_hp(3e-4, 0.3), clip_eps_high=_hp(3e-4, 0.3)), masked=True),
+        Entry("cispo_policy", _TOK3, dict(clip_eps_high=CLIP), masked=True),
+        Entry("cispo_policy", _TOK3, dict(clip_eps_high=CLIP, clip_eps_low=CLIP), masked=True),
+        # Returns are whitened over the whole batch: padded rows change the statistics by design.
+        Entry("reinforce_pp", ("r0", "x0", "mask"), dict(beta=BETA), masked=True, pad=False),
         Entry("ppo_value", _TOK3, static={"clip_eps": None}, masked=True),
         Entry("ppo_value", _TOK3, dict(clip_eps=CLIP), masked=True),
         Entry("gae", ("x0", "x1", "mask"), dict(gamma=_hp(0.9, 1.0), lam=_hp(0.9, 1.0)), masked=True),

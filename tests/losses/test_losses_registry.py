@@ -43,6 +43,7 @@ EXAMPLES = {
     "ppo_policy": ((X_BxT[0], X_BxT[1], X_BxT[2], MASK), dict(clip_eps=0.2, clip_eps_high=0.28, dual_clip=3.0),
                    (B, T)),
     "gspo_policy": ((X_BxT[0], X_BxT[1], X_BxT[2], MASK), dict(clip_eps=3e-4, clip_eps_high=4e-4), (B, T)),
+    "cispo_policy": ((X_BxT[0], X_BxT[1], X_BxT[2], MASK), dict(clip_eps_high=0.28), (B, T)),
     "ppo_value": ((X_BxT[0], X_BxT[1], X_BxT[2], MASK), dict(clip_eps=0.2), (B, T)),
     "entropy_bonus": ((LOGITS, MASK), dict(coef=0.01), (B, T)),
     "ptx": ((LOGITS, TOKENS, MASK), dict(coef=0.5), (B, T)),
@@ -52,6 +53,7 @@ EXAMPLES = {
     "dr_grpo": ((R_B,), dict(group_size=2), (B,)),
     "rloo": ((R_B,), dict(group_size=2), (B,)),
     "reinforce": ((R_B,), dict(baseline="batch_mean"), (B,)),
+    "reinforce_pp": ((R_B, X_BxT[0], MASK), dict(beta=0.05), (B, T)),
     "aggregate": ((X_BxT[0], MASK), dict(mode="sequence-mean-token-mean"), ()),
 }
 
@@ -75,7 +77,8 @@ def test_registry_lookups():
   assert losses.get("simpo") is losses.simpo_loss
   assert losses.family("ipo") == "preference"
   assert "dpo" in losses.names("preference") and "gae" not in losses.names("preference")
-  assert set(losses.names("advantages")) == {"gae", "grpo", "grpo_batch_std", "dr_grpo", "rloo", "reinforce"}
+  assert set(losses.names("advantages")) == {"gae", "grpo", "grpo_batch_std", "dr_grpo", "rloo", "reinforce",
+                                             "reinforce_pp"}
   # The partial entries keep the docstring of the underlying function.
   assert "Per-pair loss of the DPO family" in losses.get("ipo").__doc__
 

@@ -82,9 +82,11 @@ def test_old_logps_from_the_sampler_match_a_rescoring_pass(sft_dir):
   assert online.rescore_policy(tempered, online.setup(tempered, str(sft_dir / "tempered")))
 
 
-def test_grpo_raises_gold_reward_and_compiles_each_piece_once(sft_dir):
-  workdir = str(sft_dir / "grpo_learn")
-  config = _config("configs/grpo.py:test,enumerable", sft_dir, ("train.num_steps", "16"),
+@pytest.mark.parametrize("variant", ["", "reinforce_pp", "cispo"])
+def test_grpo_raises_gold_reward_and_compiles_each_piece_once(sft_dir, variant):
+  workdir = str(sft_dir / f"learn_{variant or 'grpo'}")
+  spec = "configs/grpo.py:test,enumerable" + (f",{variant}" if variant else "")
+  config = _config(spec, sft_dir, ("train.num_steps", "16"),
                    ("train.eval_every", "16"), ("rl.prompts_per_step", "8"),
                    ("optimizer.lr", "3e-3"))
   result = policy_gradient.run(config, workdir)
