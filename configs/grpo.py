@@ -31,7 +31,11 @@ def get_config(arg=None):
       "algorithm": "grpo", "group_size": 8, "scale": "group", "baseline": "batch_mean",
       "clip_eps": 0.2, "clip_eps_high": 0.0, "level": "token", "kl_estimator": "k3",
       "aggregation": "sequence-mean-token-mean", "entropy_coef": 0.0,
-      "epochs": 1, "minibatches": 1, "stop_kl": 0.0})
+      "epochs": 1, "minibatches": 1, "stop_kl": 0.0,
+      # DAPO's length stabilisers (stages/policy_gradient.py): a soft penalty over the last
+      # overlong_buffer tokens of the budget (0 = off), scaled by overlong_penalty; and
+      # truncated completions (no EOS within the budget) masked out of the loss.
+      "overlong_buffer": 0, "overlong_penalty": 1.0, "mask_truncated": False})
   c.kl.coef = 0.02
   c.optimizer.lr = 1e-3
   c.optimizer.warmup_steps = 5

@@ -175,6 +175,11 @@ def _check_counts(config, prefix: str) -> None:
     if not isinstance(g, int) or g < minimum:
       raise ValueError(f"{prefix}pg.group_size={g!r}: pg.algorithm={algorithm!r} needs at least "
                        f"{minimum} samples per prompt (its advantages use group statistics)")
+  buffer = _get(config, "pg.overlong_buffer")
+  if buffer is not _MISSING and not (isinstance(buffer, int)
+                                     and 0 <= buffer <= config.data.completion_len):
+    raise ValueError(f"{prefix}pg.overlong_buffer={buffer!r}: must be an integer in [0, "
+                     f"data.completion_len={config.data.completion_len}] (0 = off)")
   if config.stage == "dpo" and _get(config, "data.pairs") == "on_policy" and config.bon.n < 2:
     raise ValueError(f"{prefix}bon.n={config.bon.n}: on-policy pairs (data.pairs='on_policy') "
                      "take the best and worst of bon.n >= 2 samples per prompt")

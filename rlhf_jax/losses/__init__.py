@@ -58,6 +58,7 @@ from rlhf_jax.losses.reward import bradley_terry_loss
 from rlhf_jax.losses.reward import pairwise_accuracy
 from rlhf_jax.losses.reward import plackett_luce_loss
 from rlhf_jax.losses.sft import sft_loss
+from rlhf_jax.losses.shaping import overlong_penalty
 
 __all__ = [
     "AGGREGATION_MODES", "DPO_VARIANTS", "FAMILIES", "GROUP_SCALES", "KL_ESTIMATORS", "RATIO_LEVELS",
@@ -65,7 +66,7 @@ __all__ = [
     "advantages", "aggregation", "kl", "logprobs", "policy", "preference", "registry", "reward", "sft",
     "aggregate_loss", "bradley_terry_loss", "chosen_nll_loss", "cispo_policy_loss",
     "dpo_implicit_rewards", "dpo_loss", "entropy_bonus", "family", "gae", "get", "group_advantages", "kl_penalty", "kl_shaped_rewards",
-    "masked_mean", "masked_sum", "names", "orpo_loss", "pairwise_accuracy", "plackett_luce_loss",
+    "masked_mean", "masked_sum", "names", "orpo_loss", "overlong_penalty", "pairwise_accuracy", "plackett_luce_loss",
     "ppo_policy_loss", "ppo_policy_metrics", "ptx_loss", "reduce_token_logps", "register",
     "reinforce_advantages", "reinforce_pp_advantages", "rloo_advantages", "sequence_kl",
     "sequence_logps", "sequence_to_token",

@@ -17,18 +17,32 @@ from rlhf_jax.train import loop, optimizer as optimizer_lib, rl_update
 from rlhf_jax.train import policy_gradient as pg, state as state_lib
 
 
-def make_prepare_fn(cfg):
+def make_prepare_fn(cfg, max_len: int):
+  """Advantages of a rollout. DAPO's stabilisers, when set: pg.overlong_buffer > 0 adds the soft
+  overlong penalty (losses/shaping.py, scaled by pg.overlong_penalty) to the scores;
+  pg.mask_truncated drops completions that hit the budget without EOS from the loss (their
+  rows' masks are zeroed; they still count in the group statistics)."""
   def prepare(fields, scores_B, beta):
     mask = fields["mask"].astype(jnp.float32)
+    metrics = {}
+    if cfg.overlong_buffer:
+      penalty_B = losses.overlong_penalty(jnp.sum(mask, axis=-1), max_len=max_len,
+                                          buffer=cfg.overlong_buffer, factor=cfg.overlong_penalty)
+      scores_B = scores_B + penalty_B
+      metrics["overlong_penalty"] = jnp.mean(penalty_B)
     kl_B = losses.sequence_kl(fields["old_logp"], fields["ref_logp"], mask)
     kl_BxT = losses.kl_penalty(fields["old_logp"], fields["ref_logp"],
                                estimator=cfg.kl_estimator) * mask
     adv_B = pg.advantages(cfg, scores_B, kl_B, beta, kl_BxT, mask)  # [B], or [B, T]
     batch = {k: fields[k] for k in ("prompt_tokens", "prompt_mask", "tokens", "mask", "old_logp",
                                     "ref_logp")}
+    truncated_B = ~fields["stopped"]
+    metrics["truncated_frac"] = jnp.mean(truncated_B.astype(jnp.float32))
+    if cfg.mask_truncated:
+      batch["mask"] = jnp.where(truncated_B[:, None], 0, fields["mask"])
     batch["advantages"] = adv_B
     batch["kl_coef"] = jnp.full(adv_B.shape[:1], beta, jnp.float32)
-    return batch, {"kl": jnp.mean(kl_B), "advantage_abs": jnp.mean(jnp.abs(adv_B))}
+    return batch, {**metrics, "kl": jnp.mean(kl_B), "advantage_abs": jnp.mean(jnp.abs(adv_B))}
   return jax.jit(prepare)
 
 
@@ -52,7 +66,8 @@ def build(config, s: online.Setup) -> online.Built:
   stream = online.PromptStream(s.prompt_arrays["train"], config, config.kl.coef)
   iteration = online.make_iteration(
       s, config, policy_graphdef=graphdef, policy_of=lambda p: p, critic_of=lambda p: None,
-      value_fn=None, prepare_fn=make_prepare_fn(cfg), update_fn=update_fn, stream=stream,
+      value_fn=None, prepare_fn=make_prepare_fn(cfg, config.data.completion_len),
+      update_fn=update_fn, stream=stream,
       group_size=cfg.group_size)
   evaluate = online.make_evaluator(s, config, policy.export, stream)
   return online.Built(state, shardings, iteration, evaluate, stream, export_params=policy.export,

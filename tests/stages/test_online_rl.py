@@ -37,7 +37,9 @@ def _iterate(built, mesh, n, seed=0):
 @pytest.mark.parametrize("variant", ["", "dr_grpo", "dapo", "gspo", "rloo", "reinforce"])
 def test_policy_gradient_variant_runs_from_config_switch(sft_dir, variant):
   spec = "configs/grpo.py:test,enumerable" + (f",{variant}" if variant else "")
-  config = _config(spec, sft_dir, ("pg.epochs", "2"), ("pg.minibatches", "2"))
+  # DAPO with its length stabilisers (on the enumerable world completions run to 6 tokens).
+  dapo = (("pg.overlong_buffer", "3"), ("pg.mask_truncated", "True")) if variant == "dapo" else ()
+  config = _config(spec, sft_dir, ("pg.epochs", "2"), ("pg.minibatches", "2"), *dapo)
   s = online.setup(config, str(sft_dir / f"pg_{variant or 'grpo'}"))
   built = policy_gradient.build(config, s)
   before = jax.tree.map(np.asarray, built.state.params)
@@ -45,6 +47,9 @@ def test_policy_gradient_variant_runs_from_config_switch(sft_dir, variant):
   for row in rows:
     assert all(np.isfinite(v) for v in row.values()), row
     assert row["minibatches_run"] == 4.0
+    assert 0.0 <= row["truncated_frac"] <= 1.0
+    if variant == "dapo":
+      assert -1.0 <= row["overlong_penalty"] <= 0.0
   moved = sum(float(np.abs(np.asarray(a) - b).sum())
               for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(before)))
   assert moved > 0
