@@ -7,7 +7,9 @@ On arithmetic (the default) these two commands took held-out greedy verifier acc
 (the SFT policy) to 0.718 after 600 iterations (4 min 39 s wall, 7.9 min CPU on 2 cores); the
 sparse 0/1 reward wants many prompts per step (128 x 8 samples), two optimizer steps per rollout
 and a moderate learning rate (4e-4; 1e-3 with 4 minibatches per rollout collapsed accuracy from a
-stronger SFT policy).
+stronger SFT policy). Evaluation adds pass@k and maj@k of 8 samples per held-out prompt
+(eval.pass_n, eval.pass_k): in the test's 160-iteration run from a 0.338 SFT start, greedy
+accuracy 0.504, pass@1 0.228 -> 0.397, maj@8 0.279 -> 0.469, pass@8 0.746 -> 0.736.
 Variants: `test` (seconds), `enumerable` (gold reward of the enumerable world instead of the
 arithmetic verifier), `dr_grpo`, `dapo`, `rloo`, `reinforce`, `gspo`, `reinforce_pp`
 (REINFORCE++), `cispo`.
@@ -45,6 +47,7 @@ def get_config(arg=None):
   c.train.eval_every = 25
   c.train.eval_examples = 256
   if "enumerable" not in variants:  # the arithmetic verifier (see the docstring)
+    c.eval.pass_n, c.eval.pass_k = 8, (1, 4, 8)
     c.optimizer.lr = 4e-4
     # Rows no wider than the task needs: BOS + "99+99=" is 7 char tokens, "198" + EOS is 4.
     c.data.prompt_len = 8

@@ -133,7 +133,10 @@ def online_rl(c: ml_collections.ConfigDict) -> None:
   c.kl = ml_collections.ConfigDict({
       "coef": 0.05, "controller": "fixed",  # fixed | adaptive (Ziegler et al. 2019)
       "target": 1.0, "horizon": 10_000.0})
-  c.eval = ml_collections.ConfigDict({"exact_prompts": 8, "exact_batch_size": 4096})
+  # pass_n > 0 (verifiable tasks): eval/pass@k and eval/maj@k for k in pass_k from pass_n
+  # untempered samples per held-out prompt (train/passk.py).
+  c.eval = ml_collections.ConfigDict({"exact_prompts": 8, "exact_batch_size": 4096,
+                                      "pass_n": 0, "pass_k": (1,)})
 
 
 def shrink_for_test(c: ml_collections.ConfigDict, *, num_steps: int, eval_every: int,

@@ -175,6 +175,12 @@ def _check_counts(config, prefix: str) -> None:
     if not isinstance(g, int) or g < minimum:
       raise ValueError(f"{prefix}pg.group_size={g!r}: pg.algorithm={algorithm!r} needs at least "
                        f"{minimum} samples per prompt (its advantages use group statistics)")
+  pass_n = _get(config, "eval.pass_n")
+  if pass_n is not _MISSING and pass_n:
+    bad = [k for k in config.eval.pass_k if not (isinstance(k, int) and 1 <= k <= pass_n)]
+    if bad or not isinstance(pass_n, int) or pass_n < 1:
+      raise ValueError(f"{prefix}eval.pass_k={tuple(config.eval.pass_k)}: each k must be an "
+                       f"integer in [1, eval.pass_n={pass_n!r}]")
   buffer = _get(config, "pg.overlong_buffer")
   if buffer is not _MISSING and not (isinstance(buffer, int)
                                      and 0 <= buffer <= config.data.completion_len):

@@ -32,7 +32,7 @@ from rlhf_jax.data import pipeline, tokenizer as tokenizer_lib
 from rlhf_jax.generation import SamplingConfig
 from rlhf_jax.rewards import functions as reward_fns, registry
 from rlhf_jax.stages import common
-from rlhf_jax.train import export, kl_control, lora, loop, nonfinite, precision
+from rlhf_jax.train import export, kl_control, lora, loop, nonfinite, passk, precision
 from rlhf_jax.train import rollout as rollout_lib
 from rlhf_jax.train.enumerable_eval import EnumerableEvaluator
 
@@ -171,7 +171,8 @@ def check_no_microbatches(config, minibatches_field: str) -> None:
 def make_evaluator(s: Setup, config, plain_of: Callable, stream: PromptStream):
   """eval/* metrics of the plain policy `plain_of(state.params)` (what the stage exports: LoRA
   adapters merged), with the SFT export's graphdef: exact on the enumerable world; otherwise
-  greedy verifier accuracy (where the data has a gold reward), the reward of the sampled
+  greedy verifier accuracy (where the data has a gold reward; with eval.pass_n > 0 also
+  eval/pass@k and eval/maj@k of pass_n samples per prompt, k in eval.pass_k), the reward of the sampled
   completions (eval/reward: the configured source, e.g. the learned RM's score) and a sampled KL
   on the held-out prompts,
 
@@ -196,9 +197,13 @@ def make_evaluator(s: Setup, config, plain_of: Callable, stream: PromptStream):
                                     rm_combine=config.reward.ensemble_combine,
                                     rm_lambda=config.reward.ensemble_lambda)
   has_gold = hasattr(s.task, "gold_reward")
+  pass_n = int(config.eval.get("pass_n", 0)) if has_gold else 0
+  multi = (rollout_lib.make_generate_fn(s.sft.graphdef, untempered, group_size=pass_n)
+           if pass_n else None)
 
   def evaluate(state) -> dict:
     correct, kl, reward, n = 0.0, 0.0, 0.0, 0
+    sampled = {}   # pass@k / maj@k sums over prompts
     policy = plain_of(state.params)
     batches = pipeline.eval_batches(s.prompt_arrays["test"],
                                     global_batch=config.rl.prompts_per_step,
@@ -224,6 +229,11 @@ def make_evaluator(s: Setup, config, plain_of: Callable, stream: PromptStream):
       kl_B = rollout_lib.host_array(losses.sequence_kl(logps["old_logp"], logps["ref_logp"],
                                                        drawn.mask_BxT))
       kl += float(np.sum(kl_B * valid))
+      if pass_n:
+        _, _, many = multi(policy, g["prompt_tokens"], g["prompt_mask"],
+                           jax.random.fold_in(jax.random.key(config.seed + 1), batch_index))
+        for k, v in sampled_metrics(s, config, many, index, valid, pass_n).items():
+          sampled[k] = sampled.get(k, 0.0) + v
       if config.reward.source != "gold":
         texts = (reward_fns.decode_completions(s.tok, rollout_lib.host_array(drawn.tokens_BxT),
                                                rollout_lib.host_array(drawn.mask_BxT))
@@ -236,11 +246,28 @@ def make_evaluator(s: Setup, config, plain_of: Callable, stream: PromptStream):
     out = {"kl": kl / n}
     if has_gold:
       out.update(accuracy=correct / n, gold_reward=correct / n)
+    out.update({k: v / n for k, v in sampled.items()})
     if config.reward.source != "gold":
       out["reward"] = reward / n
     return out
 
   return evaluate
+
+
+def sampled_metrics(s: Setup, config, out, index, valid, n: int) -> dict[str, float]:
+  """Sums over the valid prompts of pass@k and maj@k (train/passk.py) for k in eval.pass_k,
+  from n samples per prompt judged by the task's verifier (gold reward > 0.5 is correct)."""
+  texts = reward_fns.decode_completions(s.tok, rollout_lib.host_array(out.tokens_BxT),
+                                        rollout_lib.host_array(out.mask_BxT))
+  prompts = [s.prompts["test"][i] for i in np.repeat(index, n)]
+  ok = reward_fns.gold_scores(s.task, prompts, texts) > 0.5
+  sums: dict[str, float] = {}
+  for p in np.flatnonzero(valid):
+    answers, right = texts[p * n:(p + 1) * n], ok[p * n:(p + 1) * n]
+    for k in config.eval.pass_k:
+      sums[f"pass@{k}"] = sums.get(f"pass@{k}", 0.0) + passk.pass_at_k(n, int(right.sum()), k)
+      sums[f"maj@{k}"] = sums.get(f"maj@{k}", 0.0) + passk.maj_at_k(answers, right, k)
+  return sums
 
 
 def rescore_policy(config, s: Setup) -> bool:

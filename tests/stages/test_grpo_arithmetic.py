@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from rlhf_jax.train import metrics as metrics_lib
 from tests import xla
 
@@ -43,3 +45,8 @@ def test_grpo_raises_verifier_accuracy_in_a_short_run(tmp_path):
   assert evals[-1] > evals[0] + 0.05, evals
   # Sampled KL(pi || pi_ref) on the held-out prompts: 0 for the SFT policy itself, then positive.
   assert abs(rows[0]["eval/kl"]) < 1e-6 and rows[-1]["eval/kl"] > 0.01, rows
+  # pass@k of 8 samples (on by default in configs/grpo.py) cannot fall as k grows; maj@k in [0, 1].
+  for r in rows:
+    assert 0.0 <= r["eval/pass@1"] <= r["eval/pass@4"] <= r["eval/pass@8"] <= 1.0, r
+    assert all(0.0 <= r[f"eval/maj@{k}"] <= 1.0 for k in (1, 4, 8)), r
+    assert r["eval/maj@1"] == pytest.approx(r["eval/pass@1"])   # one sample: the same event
