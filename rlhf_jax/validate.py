@@ -334,7 +334,8 @@ def _check_data_source(config, prefix: str) -> None:
                      f"{'a file, glob or directory' if kind == 'files' else 'a TFDS builder name'})")
   if kind == "files":
     try:
-      sources.split_files(path, "train") or sources.read_files(path, "train")
+      split = data.get("train_split", "train") if os.path.isdir(path) else "train"
+      sources.split_files(path, split) or sources.read_files(path, split)
     except FileNotFoundError as e:
       raise FileNotFoundError(f"{prefix}{e}") from None
   if kind == "tfds":

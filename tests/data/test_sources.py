@@ -179,3 +179,13 @@ def test_message_pairs_share_the_prompt_tokens(sp_layout):
   with pytest.raises(ValueError, match="needs a chat template"):
     import dataclasses  # pylint: disable=g-import-not-at-top
     pipeline.prepare_preference([pair], dataclasses.replace(sp_layout, chat=None))
+
+
+def test_validation_checks_the_configured_train_split_of_a_directory(tmp_path):
+  from rlhf_jax import configlib, validate  # pylint: disable=g-import-not-at-top
+  _jsonl(tmp_path / "test.jsonl", ROWS)
+  overrides = [("data.source", "files"), ("data.path", str(tmp_path))]
+  with pytest.raises(FileNotFoundError, match="no train split"):
+    validate.validate(configlib.get("configs/sft.py:test", overrides))
+  validate.validate(configlib.get("configs/sft.py:test", overrides + [
+      ("data.train_split", "test"), ("tokenizer.kind", "sentencepiece")]))
