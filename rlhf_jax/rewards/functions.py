@@ -16,7 +16,7 @@ reported beside a learned one (`gold_reward` metric) wherever the task defines i
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -44,7 +44,3 @@ def host_rewards(source: str, task, functions, prompts, completions, columns
     gold_scores(task, prompts, completions)  # raises: the data has no gold reward
   total, parts = (None, {}) if functions is None else functions(prompts, completions, columns)
   return gold, total, parts
-
-
-def make_host_reward(task) -> Callable[[Sequence[str], Sequence[str]], np.ndarray]:
-  return lambda prompts, completions: gold_scores(task, prompts, completions)
