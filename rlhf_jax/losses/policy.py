@@ -18,6 +18,20 @@ RATIO_LEVELS = ("token", "sequence")
 LOG_RATIO_CLAMP = 20.0
 
 
+def _masked_inputs(logp_BxT, old_logp_BxT, advantages_BxT, mask_BxT):
+  """(logp, old_logp, adv, mask, valid) as float32, the old log-probs and advantages without
+  gradient. Padding may hold garbage, even NaN: every input is zeroed there before any
+  arithmetic, so that it reaches neither the loss nor its gradient (a `where` on the result alone
+  lets 0 * NaN into the gradient)."""
+  logp = _checks.as_float(logp_BxT)
+  mask = _checks.as_mask(mask_BxT, logp)
+  valid = mask > 0
+  logp = jnp.where(valid, logp, 0.0)
+  old_logp = jnp.where(valid, jax.lax.stop_gradient(_checks.as_float(old_logp_BxT)), 0.0)
+  adv = jnp.where(valid, jax.lax.stop_gradient(_checks.as_float(advantages_BxT)), 0.0)
+  return logp, old_logp, adv, mask, valid
+
+
 def _ratio_terms(fn, logp_BxT, old_logp_BxT, advantages_BxT, mask_BxT, clip_eps, clip_eps_high,
                  dual_clip, level):
   """Shared computation of `ppo_policy_loss` and `ppo_policy_metrics`."""
@@ -30,14 +44,8 @@ def _ratio_terms(fn, logp_BxT, old_logp_BxT, advantages_BxT, mask_BxT, clip_eps,
   _checks.check_static_range(fn, "clip_eps", clip_eps, low=0.0)
   _checks.check_static_range(fn, "clip_eps_high", clip_eps_high, low=0.0)
   _checks.check_static_range(fn, "dual_clip", dual_clip, low=1.0, low_inclusive=False)
-  logp = _checks.as_float(logp_BxT)
-  mask = _checks.as_mask(mask_BxT, logp)
-  valid = mask > 0
-  # Padding may hold garbage, even NaN: zero every input there before any arithmetic, so that it reaches
-  # neither the loss nor its gradient (a `where` on the result alone lets 0 * NaN into the gradient).
-  logp = jnp.where(valid, logp, 0.0)
-  old_logp = jnp.where(valid, jax.lax.stop_gradient(_checks.as_float(old_logp_BxT)), 0.0)
-  adv = jnp.where(valid, jax.lax.stop_gradient(_checks.as_float(advantages_BxT)), 0.0)
+  logp, old_logp, adv, mask, valid = _masked_inputs(logp_BxT, old_logp_BxT, advantages_BxT,
+                                                     mask_BxT)
   log_ratio = logp - old_logp
   if level == "sequence":
     seq_log_ratio_B = jnp.sum(log_ratio, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
@@ -145,11 +153,14 @@ def cispo_policy_loss(logp_BxT: jax.Array, old_logp_BxT: jax.Array, advantages_B
   lightning attention"): REINFORCE with a clipped, stop-gradient importance-sampling weight.
 
   .. math::
-      \ell_t = -\,\mathrm{sg}ig(\mathrm{clip}(ho_t, 1 - \epsilon_{low}, 1 + \epsilon_{high})ig)
-               \,A_t \,\log\pi_	heta(y_t), \qquad ho_t = rac{\pi_	heta(y_t)}{\pi_{old}(y_t)}
+      \ell_t = -\,\mathrm{sg}ig(\mathrm{clip}(
+ho_t, 1 - \epsilon_{low}, 1 + \epsilon_{high})ig)
+               \,A_t \,\log\pi_	heta(y_t), \qquad 
+ho_t = rac{\pi_	heta(y_t)}{\pi_{old}(y_t)}
 
   Unlike PPO's clipped surrogate, which gives a token zero gradient once its ratio leaves the
-  trust region, every token keeps its gradient :math:`-\hatho_t A_t 
+  trust region, every token keeps its gradient :math:`-\hat
+ho_t A_t 
 abla\log\pi_	heta(y_t)`;
   only the size of its weight is capped. `clip_eps_low=None` leaves the weight unbounded below
   (the paper's setting); the log-ratio is clamped to [-20, 20] before exp as in the PPO ratio.
@@ -171,12 +182,8 @@ abla\log\pi_	heta(y_t)`;
                            advantages_BxT=advantages_BxT, mask_BxT=mask_BxT)
   _checks.check_static_range(fn, "clip_eps_high", clip_eps_high, low=0.0)
   _checks.check_static_range(fn, "clip_eps_low", clip_eps_low, low=0.0)
-  logp = _checks.as_float(logp_BxT)
-  mask = _checks.as_mask(mask_BxT, logp)
-  valid = mask > 0
-  logp = jnp.where(valid, logp, 0.0)
-  old_logp = jnp.where(valid, jax.lax.stop_gradient(_checks.as_float(old_logp_BxT)), 0.0)
-  adv = jnp.where(valid, jax.lax.stop_gradient(_checks.as_float(advantages_BxT)), 0.0)
+  logp, old_logp, adv, mask, valid = _masked_inputs(logp_BxT, old_logp_BxT, advantages_BxT,
+                                                     mask_BxT)
   log_ratio = jnp.clip(jax.lax.stop_gradient(logp) - old_logp, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
   low = 0.0 if clip_eps_low is None else 1.0 - clip_eps_low
   weight = jnp.clip(jnp.exp(log_ratio), low, 1.0 + clip_eps_high)
