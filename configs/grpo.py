@@ -32,9 +32,10 @@ def get_config(arg=None):
   c.pg = ml_collections.ConfigDict({
       "algorithm": "grpo", "group_size": 8, "scale": "group", "baseline": "batch_mean",
       "clip_eps": 0.2, "clip_eps_high": 0.0, "level": "token", "kl_estimator": "k3",
+      "kl_value_clamp": 10.0,  # per-token KL estimate clipped to [-10, 10] as verl (0 = off)
       "aggregation": "sequence-mean-token-mean", "entropy_coef": 0.0,
       "epochs": 1, "minibatches": 1, "stop_kl": 0.0,
-      # DAPO's length stabilisers (stages/policy_gradient.py): a soft penalty over the last
+      # DAPO's length stabilisers (rl/learn.py): a soft penalty over the last
       # overlong_buffer tokens of the budget (0 = off), scaled by overlong_penalty; and
       # truncated completions (no EOS within the budget) masked out of the loss.
       "overlong_buffer": 0, "overlong_penalty": 1.0, "mask_truncated": False})
@@ -59,8 +60,9 @@ def get_config(arg=None):
     c.train.eval_examples = 1000
   if "dr_grpo" in variants:
     c.pg.scale, c.pg.aggregation = "none", "sequence-mean-token-sum-norm"
-  if "dapo" in variants:
+  if "dapo" in variants:  # clip-higher, token-level loss, no KL, dynamic sampling (Yu et al. 2025)
     c.pg.clip_eps_high, c.pg.aggregation, c.kl.coef = 0.28, "token-mean", 0.0
+    c.rl.dynamic_sampling, c.rl.max_sampling_rounds = True, 3
   if "gspo" in variants:
     c.pg.level, c.pg.clip_eps, c.pg.clip_eps_high = "sequence", 3e-4, 4e-4
   if "rloo" in variants:

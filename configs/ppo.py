@@ -24,6 +24,7 @@ def get_config(arg=None):
   c.ppo = ml_collections.ConfigDict({
       "epochs": 4, "minibatches": 4, "clip_eps": 0.2, "value_clip_eps": 0.2, "value_coef": 0.5,
       "entropy_coef": 0.0, "gamma": 1.0, "lam": 0.95, "kl_estimator": "k1",
+      "kl_value_clamp": 0.0,  # > 0: the per-token KL estimate clipped to [-c, c] (verl: 10)
       "whiten_rewards": False, "missing_eos_penalty": 0.0, "ptx_coef": 0.0, "stop_kl": 0.0})
   c.critic = ml_collections.ConfigDict({"shared_backbone": False, "init_from_reward_model": True})
   c.kl.coef = 0.2

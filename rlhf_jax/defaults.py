@@ -117,8 +117,19 @@ def online_rl(c: ml_collections.ConfigDict) -> None:
       "prompts_per_step": 16,     # prompts per iteration (each sampled pg.group_size times)
       "temperature": 1.0, "top_k": 0, "top_p": 1.0,
       # False: old-policy log-probs come from generation when it samples the float32 policy
-      # itself (train/rollout.py sampler_is_policy); True: always a separate forward pass.
-      "rescore_policy": False})
+      # itself (rl/rollout.py sampler_is_policy); True: always a separate forward pass.
+      "rescore_policy": False,
+      # Truncated importance sampling (Yao et al. 2025): the policy loss per token weighted by
+      # min(pi_old / pi_sampler, tis_cap) when the sampler's log-probs differ from the trainer's
+      # (tempered or bfloat16 sampling); 0 = off. The gap is logged as sampler_logp_gap.
+      "tis_cap": 0.0,
+      # DAPO's dynamic sampling: drop groups whose rewards are all equal and sample more prompts
+      # until the batch is full, in at most max_sampling_rounds generation rounds (then the
+      # batch is topped up with dropped groups, counted as dynamic_sampling/filled_groups).
+      "dynamic_sampling": False, "max_sampling_rounds": 4,
+      # Modules imported before pg.algorithm is looked up: they register more algorithms
+      # (rl/algorithms.py `register`), comma-separated.
+      "algorithm_modules": ""})
   c.reward = ml_collections.ConfigDict({
       # gold (the toy task's closed form / verifier) | learned (a reward model) | functions
       # (reward.functions alone); with source = learned, reward.functions are added to the RM's
@@ -132,7 +143,11 @@ def online_rl(c: ml_collections.ConfigDict) -> None:
       "ensemble_lambda": 0.0})
   c.kl = ml_collections.ConfigDict({
       "coef": 0.05, "controller": "fixed",  # fixed | adaptive (Ziegler et al. 2019)
-      "target": 1.0, "horizon": 10_000.0})
+      "target": 1.0, "horizon": 10_000.0,
+      # where beta * KL goes: reward (shaped into the rewards at rollout time) | loss (a per-token
+      # term with gradients) | auto (the algorithm's own: GRPO and CISPO loss, the others reward);
+      # the estimator is pg.kl_estimator / ppo.kl_estimator (k1 | k2 | k3).
+      "placement": "auto"})
   # pass_n > 0 (verifiable tasks): eval/pass@k and eval/maj@k for k in pass_k from pass_n
   # untempered samples per held-out prompt (train/passk.py).
   c.eval = ml_collections.ConfigDict({"exact_prompts": 8, "exact_batch_size": 4096,

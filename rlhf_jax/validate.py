@@ -28,7 +28,8 @@ from rlhf_jax import losses, stages
 from rlhf_jax.data import builders, pipeline
 from rlhf_jax.models import hf, lora as lora_lib
 from rlhf_jax.parallel import mesh as mesh_lib, sharding
-from rlhf_jax.train import dpo as dpo_steps, policy_gradient as pg_steps
+from rlhf_jax.rl import algorithms as rl_algorithms
+from rlhf_jax.train import dpo as dpo_steps
 from rlhf_jax.train import reward_model as rm_steps
 
 _MISSING = object()
@@ -53,8 +54,8 @@ CHOICES: tuple[tuple[str, str, str], ...] = (
     ("data.pairs", "stages.dpo", "PAIRS"),
     ("reward.source", "rewards.functions", "SOURCES"),
     ("reward.ensemble_combine", "rewards.learned", "COMBINE_MODES"),
-    ("kl.controller", "train.kl_control", "KINDS"),
-    ("pg.algorithm", "train.policy_gradient", "ALGORITHMS"),
+    ("kl.controller", "rl.kl_control", "KINDS"),
+    ("kl.placement", "rl.algorithms", "KL_PLACEMENTS"),
     ("pg.scale", "losses", "GROUP_SCALES"),
     ("pg.baseline", "losses", "REINFORCE_BASELINES"),
     ("pg.level", "losses", "RATIO_LEVELS"),
@@ -171,10 +172,27 @@ def _check_counts(config, prefix: str) -> None:
         raise ValueError(f"{prefix}{field}={value!r}: must be an integer >= {minimum}")
   algorithm = _get(config, "pg.algorithm")
   if algorithm is not _MISSING:
-    g, minimum = config.pg.group_size, pg_steps.MIN_GROUP_SIZE[algorithm]
+    rl_algorithms.load_modules(config.rl.get("algorithm_modules", ""))
+    valid = rl_algorithms.names(critic=False)
+    if algorithm not in valid:
+      raise ValueError(f"unknown {prefix}pg.algorithm {algorithm!r}; valid choices: {valid} "
+                       "(more register from modules named in rl.algorithm_modules)")
+    g, minimum = config.pg.group_size, rl_algorithms.get(algorithm).min_group_size
     if not isinstance(g, int) or g < minimum:
       raise ValueError(f"{prefix}pg.group_size={g!r}: pg.algorithm={algorithm!r} needs at least "
                        f"{minimum} samples per prompt (its advantages use group statistics)")
+  if _get(config, "rl.dynamic_sampling") is True:
+    g = config.pg.group_size if config.stage == "policy_gradient" else 1
+    if g < 2:
+      raise ValueError(f"{prefix}rl.dynamic_sampling drops groups whose rewards are all equal: "
+                       f"it needs pg.group_size >= 2 (the policy_gradient stage), got {g}")
+    rounds = _get(config, "rl.max_sampling_rounds")
+    if not (isinstance(rounds, int) and rounds >= 1):
+      raise ValueError(f"{prefix}rl.max_sampling_rounds={rounds!r}: must be an integer >= 1")
+  cap = _get(config, "rl.tis_cap")
+  if cap is not _MISSING and not (cap == 0 or cap >= 1):
+    raise ValueError(f"{prefix}rl.tis_cap={cap!r}: the truncated importance weight's cap must be "
+                     ">= 1 (0 = off)")
   pass_n = _get(config, "eval.pass_n")
   if pass_n is not _MISSING and pass_n:
     bad = [k for k in config.eval.pass_k if not (isinstance(k, int) and 1 <= k <= pass_n)]

@@ -49,3 +49,16 @@ def pytest_collection_modifyitems(items):
     path = item.nodeid.split("::")[0].removeprefix("tests/")
     return SLOWEST_FIRST.index(path) if path in SLOWEST_FIRST else len(SLOWEST_FIRST)
   items.sort(key=rank)  # stable: each file's tests keep their order
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _restore_signal_handlers():
+  """Tests that call `rlhf_jax.main.main` in-process install its SIGINT/SIGTERM handlers; put the
+  previous ones back after each test so a later signal (xdist's shutdown) is not taken for a
+  preemption."""
+  yield
+  from rlhf_jax.train import preemption
+  preemption.uninstall()

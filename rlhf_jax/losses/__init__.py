@@ -41,6 +41,7 @@ from rlhf_jax.losses.policy import entropy_bonus
 from rlhf_jax.losses.policy import ppo_policy_loss
 from rlhf_jax.losses.policy import ppo_policy_metrics
 from rlhf_jax.losses.policy import ptx_loss
+from rlhf_jax.losses.policy import tis_weights
 from rlhf_jax.losses.policy import value_loss
 from rlhf_jax.losses.preference import DPO_VARIANTS
 from rlhf_jax.losses.preference import chosen_nll_loss
@@ -67,7 +68,7 @@ __all__ = [
     "aggregate_loss", "bradley_terry_loss", "chosen_nll_loss", "cispo_policy_loss",
     "dpo_implicit_rewards", "dpo_loss", "entropy_bonus", "family", "gae", "get", "group_advantages", "kl_penalty", "kl_shaped_rewards",
     "masked_mean", "masked_sum", "names", "orpo_loss", "overlong_penalty", "pairwise_accuracy", "plackett_luce_loss",
-    "ppo_policy_loss", "ppo_policy_metrics", "ptx_loss", "reduce_token_logps", "register",
+    "ppo_policy_loss", "ppo_policy_metrics", "ptx_loss", "tis_weights", "reduce_token_logps", "register",
     "reinforce_advantages", "reinforce_pp_advantages", "rloo_advantages", "sequence_kl",
     "sequence_logps", "sequence_to_token",
     "sft_loss", "simpo_loss", "token_entropy", "token_logps", "value_loss", "whiten",

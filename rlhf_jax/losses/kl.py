@@ -24,7 +24,8 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 K3_LOG_RATIO_CLAMP = 20.0
 
 
-def kl_penalty(logp_BxT: jax.Array, ref_logp_BxT: jax.Array, *, estimator: str) -> jax.Array:
+def kl_penalty(logp_BxT: jax.Array, ref_logp_BxT: jax.Array, *, estimator: str,
+               value_clamp: float | None = None) -> jax.Array:
   r"""Per-token estimate of :math:`KL(\pi \| \pi_{ref})` at the sampled tokens (unmasked).
 
   With :math:`\delta_t = \log\pi(y_t) - \log\pi_{ref}(y_t)`:
@@ -45,12 +46,14 @@ def kl_penalty(logp_BxT: jax.Array, ref_logp_BxT: jax.Array, *, estimator: str) 
   :math:`e^{-\delta}` overflows float32 for :math:`\delta < -88` and its gradient is NaN. Only
   :math:`|\delta| > 20` (a probability ratio beyond e^20) is affected, where k3 is constant with zero
   gradient. verl also clamps the k3 value to [-10, 10], which already bites at :math:`\delta \lesssim -2.6`;
-  that is a choice of the RL algorithm, not done here (TRL's k3 is unclamped). k1 and k2 are not clamped.
+  `value_clamp` = c does that for any estimator (the result clipped to [-c, c], zero gradient beyond); the
+  default None leaves values unclamped (TRL's k3 is unclamped). k1 and k2 clamp nothing else.
 
   Args:
     logp_BxT: [B, T] log-probs of the sampled tokens under the policy (any shape works if both match).
     ref_logp_BxT: [B, T] log-probs of the same tokens under the reference model.
     estimator: one of `KL_ESTIMATORS`: "k1", "k2", "k3".
+    value_clamp: optional c > 0: the estimate clipped to [-c, c] (verl's ``low_var_kl`` uses 10).
 
   Returns:
     kl_BxT: same shape as the inputs.
@@ -59,13 +62,16 @@ def kl_penalty(logp_BxT: jax.Array, ref_logp_BxT: jax.Array, *, estimator: str) 
   _checks.check_choice(fn, "estimator", estimator, KL_ESTIMATORS)
   _checks.check_same_shape(fn, logp_BxT=logp_BxT, ref_logp_BxT=ref_logp_BxT)
   delta = _checks.as_float(logp_BxT) - jax.lax.stop_gradient(_checks.as_float(ref_logp_BxT))
+  if value_clamp is not None:
+    _checks.check_static_range(fn, "value_clamp", value_clamp, low=0.0, low_inclusive=False)
   if estimator == "k1":
-    return delta
-  if estimator == "k2":
-    return 0.5 * jnp.square(delta)
-  # k3; expm1 keeps precision when delta is small: e^{-d} - 1 + d.
-  delta = jnp.clip(delta, -K3_LOG_RATIO_CLAMP, K3_LOG_RATIO_CLAMP)
-  return jnp.expm1(-delta) + delta
+    kl = delta
+  elif estimator == "k2":
+    kl = 0.5 * jnp.square(delta)
+  else:  # k3; expm1 keeps precision when delta is small: e^{-d} - 1 + d.
+    delta = jnp.clip(delta, -K3_LOG_RATIO_CLAMP, K3_LOG_RATIO_CLAMP)
+    kl = jnp.expm1(-delta) + delta
+  return kl if value_clamp is None else jnp.clip(kl, -value_clamp, value_clamp)
 
 
 def sequence_kl(logp_BxT: jax.Array, ref_logp_BxT: jax.Array, mask_BxT: jax.Array) -> jax.Array:
@@ -89,7 +95,8 @@ def sequence_kl(logp_BxT: jax.Array, ref_logp_BxT: jax.Array, mask_BxT: jax.Arra
 def kl_shaped_rewards(scores_B: jax.Array, logp_BxT: jax.Array, ref_logp_BxT: jax.Array,
                       mask_BxT: jax.Array, has_eos_B: jax.Array | None = None, *,
                       beta: float | jax.Array, estimator: str = "k1",
-                      missing_eos_penalty: float | None = None) -> jax.Array:
+                      missing_eos_penalty: float | None = None,
+                      value_clamp: float | None = None) -> jax.Array:
   r"""Per-token rewards for PPO-style RLHF: a KL penalty on every token plus the score at the end.
 
   .. math::
@@ -113,6 +120,7 @@ def kl_shaped_rewards(scores_B: jax.Array, logp_BxT: jax.Array, ref_logp_BxT: ja
     beta: KL coefficient (scalar; may be a traced value from an adaptive KL controller).
     estimator: "k1" (TRL default), "k2" or "k3".
     missing_eos_penalty: optional penalty subtracted from the score where `has_eos_B` is False.
+    value_clamp: optional clip of the per-token KL estimate to [-c, c] (see `kl_penalty`).
 
   Returns:
     rewards_BxT: [B, T], 0 on padding; rows with an empty mask get no score.
@@ -126,7 +134,8 @@ def kl_shaped_rewards(scores_B: jax.Array, logp_BxT: jax.Array, ref_logp_BxT: ja
     raise ValueError(f"{fn}: `scores_B` must have shape [B] = ({b},), got {tuple(jnp.shape(scores_B))}.")
   if missing_eos_penalty is not None and has_eos_B is None:
     raise ValueError(f"{fn}: `missing_eos_penalty` needs `has_eos_B` (which rows emitted EOS).")
-  kl_BxT = jax.lax.stop_gradient(kl_penalty(logp_BxT, ref_logp_BxT, estimator=estimator))
+  kl_BxT = jax.lax.stop_gradient(kl_penalty(logp_BxT, ref_logp_BxT, estimator=estimator,
+                                            value_clamp=value_clamp))
   mask = _checks.as_mask(mask_BxT, kl_BxT)
   scores = jax.lax.stop_gradient(_checks.as_float(scores_B))
   if missing_eos_penalty is not None:

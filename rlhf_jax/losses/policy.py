@@ -1,5 +1,6 @@
 r"""Policy-gradient losses: PPO / GRPO / DAPO / GSPO clipped surrogate, CISPO's clipped IS-weight
-REINFORCE loss, clipped value loss, entropy bonus and the pretraining-mix (PPO-ptx) term.
+REINFORCE loss, clipped value loss, entropy bonus, the pretraining-mix (PPO-ptx) term and truncated
+importance-sampling weights.
 
 All losses are per token, [B, T], 0 on padding; reduce them with `aggregate_loss`, whose `mode` picks the
 PPO/GRPO/Dr. GRPO/DAPO normalisation.
@@ -11,7 +12,6 @@ import jax
 import jax.numpy as jnp
 
 from rlhf_jax.losses import _checks
-from rlhf_jax.losses import logprobs
 
 RATIO_LEVELS = ("token", "sequence")
 # The log-ratio is clamped to [-20, 20] before exp, as verl's `compute_policy_loss` does.
@@ -229,15 +229,16 @@ def value_loss(values_BxT: jax.Array, old_values_BxT: jax.Array, returns_BxT: ja
   return jnp.where(valid, 0.5 * loss, 0.0)
 
 
-def entropy_bonus(logits_BxTxV: jax.Array, mask_BxT: jax.Array, *, coef: float) -> jax.Array:
+def entropy_bonus(entropy_BxT: jax.Array, mask_BxT: jax.Array, *, coef: float) -> jax.Array:
   r"""Per-token entropy bonus written as a loss to add: :math:`\ell_t = -c\, H(\pi_\theta(\cdot \mid s_t))`.
 
   Maximising entropy keeps exploration up (Williams & Peng 1991; Mnih et al. 2016; the PPO paper's
-  :math:`c_2 S` term). The entropy is computed in float32 from the logits. Masked positions are ignored
-  even if their logits hold NaN (in the loss and in its gradient).
+  :math:`c_2 S` term). Takes the per-token entropies (`logprobs.token_entropy` of the logits, as
+  `generation.score_tokens(..., with_entropy=True)` returns them), so no [B, T, V] tensor is kept for
+  it. Masked positions are ignored even if they hold NaN (in the loss and in its gradient).
 
   Args:
-    logits_BxTxV: [B, T, V] policy logits at the completion positions.
+    entropy_BxT: [B, T] entropies of the policy at the completion positions.
     mask_BxT: [B, T] completion mask.
     coef: entropy coefficient c >= 0 (e.g. 0.01).
 
@@ -246,22 +247,23 @@ def entropy_bonus(logits_BxTxV: jax.Array, mask_BxT: jax.Array, *, coef: float) 
   """
   fn = "entropy_bonus"
   _checks.check_static_range(fn, "coef", coef, low=0.0)
-  logits, valid = _checks.masked_logits(fn, logits_BxTxV, mask_BxT)
-  return jnp.where(valid, -coef * logprobs.token_entropy(logits), 0.0)
+  _checks.check_same_shape(fn, entropy_BxT=entropy_BxT, mask_BxT=mask_BxT)
+  entropy = _checks.as_float(entropy_BxT)
+  valid = _checks.as_mask(mask_BxT, entropy) > 0
+  return jnp.where(valid, -coef * jnp.where(valid, entropy, 0.0), 0.0)
 
 
-def ptx_loss(logits_BxTxV: jax.Array, tokens_BxT: jax.Array, mask_BxT: jax.Array, *,
-             coef: float) -> jax.Array:
+def ptx_loss(logp_BxT: jax.Array, mask_BxT: jax.Array, *, coef: float) -> jax.Array:
   r"""Per-token pretraining-mix term of PPO-ptx (Ouyang et al. 2022, eq. 2):
   :math:`\ell_t = -\gamma\,\log\pi_\theta(x_t)` on a batch of pretraining (or SFT) text.
 
   InstructGPT maximises :math:`\gamma E_{x \sim D_{pretrain}}[\log\pi_\theta(x)]` next to the RL objective
-  to reduce the "alignment tax"; add the aggregated result to the PPO loss. Masked positions are ignored
-  even if their logits hold NaN (in the loss and in its gradient).
+  to reduce the "alignment tax"; add the aggregated result to the PPO loss. Takes the policy's log-probs
+  of the batch's tokens (`generation.score_tokens`). Masked positions are ignored even if they hold NaN
+  (in the loss and in its gradient).
 
   Args:
-    logits_BxTxV: [B, T, V] policy logits on the pretraining batch, aligned with `tokens_BxT`.
-    tokens_BxT: [B, T] target tokens.
+    logp_BxT: [B, T] log-probs of the batch's tokens under the policy.
     mask_BxT: [B, T] 1 for tokens that count.
     coef: gamma >= 0.
 
@@ -270,6 +272,40 @@ def ptx_loss(logits_BxTxV: jax.Array, tokens_BxT: jax.Array, mask_BxT: jax.Array
   """
   fn = "ptx_loss"
   _checks.check_static_range(fn, "coef", coef, low=0.0)
-  _checks.check_same_shape(fn, tokens_BxT=tokens_BxT, mask_BxT=mask_BxT)
-  logits, valid = _checks.masked_logits(fn, logits_BxTxV, mask_BxT)
-  return jnp.where(valid, -coef * logprobs.token_logps(logits, tokens_BxT), 0.0)
+  _checks.check_same_shape(fn, logp_BxT=logp_BxT, mask_BxT=mask_BxT)
+  logp = _checks.as_float(logp_BxT)
+  valid = _checks.as_mask(mask_BxT, logp) > 0
+  return jnp.where(valid, -coef * jnp.where(valid, logp, 0.0), 0.0)
+
+
+def tis_weights(old_logp_BxT: jax.Array, sampler_logp_BxT: jax.Array, mask_BxT: jax.Array, *,
+                cap: float) -> jax.Array:
+  r"""Truncated importance-sampling weights of a rollout whose sampler differs from the trainer's
+  policy (Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL training";
+  verl's ``tis_imp_ratio_cap``):
+
+  .. math::
+      w_t = \min\big(\exp(\log\pi_{old}(y_t) - \log\pi_{sampler}(y_t)),\; C\big)
+
+  Tokens were drawn from the sampler (bfloat16 decoding, a tempered or truncated distribution, another
+  engine) but the policy-gradient estimator assumes :math:`\pi_{old}`; multiplying each token's policy
+  loss by :math:`w_t` corrects the mismatch, truncated at C to bound the variance. The log-ratio is
+  clamped to [-20, 20] before the exponential (as the PPO ratio). No gradient; 0 on padding.
+
+  Args:
+    old_logp_BxT: [B, T] log-probs of the sampled tokens under the trainer's old policy.
+    sampler_logp_BxT: [B, T] their log-probs under the sampling distribution.
+    mask_BxT: [B, T] completion mask.
+    cap: C >= 1 (2 in Yao et al.).
+
+  Returns:
+    weights_BxT: [B, T] in [0, C], 0 on padding.
+  """
+  fn = "tis_weights"
+  _checks.check_static_range(fn, "cap", cap, low=1.0)
+  _checks.check_same_shape(fn, old_logp_BxT=old_logp_BxT, sampler_logp_BxT=sampler_logp_BxT,
+                           mask_BxT=mask_BxT)
+  old, sampler = _checks.as_float(old_logp_BxT), _checks.as_float(sampler_logp_BxT)
+  valid = _checks.as_mask(mask_BxT, old) > 0
+  log_w = jnp.clip(jnp.where(valid, old - sampler, 0.0), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+  return jax.lax.stop_gradient(jnp.where(valid, jnp.minimum(jnp.exp(log_w), cap), 0.0))

@@ -23,7 +23,8 @@ from rlhf_jax.data import formats, pipeline
 from rlhf_jax.rewards import functions as reward_fns
 from rlhf_jax.stages import online, sft as sft_stage
 from rlhf_jax.tasks import exact
-from rlhf_jax.train import loop, metrics as metrics_lib, rollout as rollout_lib
+from rlhf_jax.rl import rollout as rollout_lib
+from rlhf_jax.train import loop, metrics as metrics_lib
 from rlhf_jax.train.enumerable_eval import EnumerableEvaluator
 
 MODES = ("best_of_n", "rejection_sampling")
@@ -34,11 +35,18 @@ def sample_and_score(s: online.Setup, config, split: str, max_prompts: int):
   """n samples per prompt of `split`: (prompt texts [P], completions [P][n], rewards [P, n],
   gold [P, n] or None)."""
   n = config.bon.n
-  gen = rollout_lib.make_generate_fn(s.sft.graphdef, s.sampling, group_size=n)
-  score = rollout_lib.make_score_fn(s.sft.graphdef, rm_graphdef=s.rm_graphdef,
-                                    rm_combine=config.reward.ensemble_combine,
-                                    rm_lambda=config.reward.ensemble_lambda,
-                                    rescore_policy=False)  # only rm_scores are read
+  sft_sh = rollout_lib.shardings_of(s.sft.params, s.mesh)
+  gen = rollout_lib.make_generate_fn(s.sft.graphdef, s.sampling, mesh=s.mesh,
+                                     param_shardings=sft_sh, group_size=n)
+  score = None
+  if s.rm is not None:
+    params = {"policy": s.sft.params, "ref": s.sft.params, "rm": s.rm}
+    score = rollout_lib.make_score_fn(s.sft.graphdef, mesh=s.mesh,
+                                      shardings=rollout_lib.shardings_of(params, s.mesh),
+                                      rm_graphdef=s.rm_graphdef,
+                                      rm_combine=config.reward.ensemble_combine,
+                                      rm_lambda=config.reward.ensemble_lambda,
+                                      rescore_policy=False)  # only rm_scores are read
   prompts, completions, rewards, golds = [], [], [], []
   rng = jax.random.key(config.seed)
   has_gold = hasattr(s.task, "gold_reward")
@@ -54,8 +62,7 @@ def sample_and_score(s: online.Setup, config, split: str, max_prompts: int):
     prompt_b = [s.prompts[split][j] for j in index]
     rm_b = None
     if s.rm is not None:
-      scored = score(s.sft.params, s.sft.params, None, s.rm, pt, pm, out.tokens_BxT, out.mask_BxT,
-                     out.logp_BxT)
+      scored = score(params, pt, pm, out.tokens_BxT, out.mask_BxT, out.logp_BxT)
       rm_b = rollout_lib.host_array(scored["rm_scores"])
     reward_b, gold_b, _ = s.rewards(config, split, index, texts_b, rm_b)
     for start in range(0, len(valid), n):

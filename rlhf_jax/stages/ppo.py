@@ -2,8 +2,9 @@
 
 The critic is a scalar model on its own backbone (initialised from the reward model's member 0
 when the reward is learned and `critic.init_from_reward_model`, else from the SFT trunk) or a
-head on the policy's backbone (`critic.shared_backbone`). KL-shaped rewards, GAE, whitening and
-the clipped losses live in train/ppo.py; rollouts, rewards and KL control in stages/online.py.
+head on the policy's backbone (`critic.shared_backbone`, rl/critic.py). The algorithm (KL-shaped
+rewards, GAE, whitening, clipped losses) is the "ppo" entry of rl/algorithms.py, run by the
+engine (rl/); this module wires it.
 
 config.lora.rank > 0 puts LoRA on the policy only (stages/online.py `make_policy`): a separate
 critic trains in full; a shared-backbone critic trains its head and, through the shared trunk,
@@ -13,16 +14,14 @@ the policy's adapters. The export is the plain policy LM (adapters merged).
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
-from rlhf_jax import losses, models
+from rlhf_jax import models
 from rlhf_jax.data import pipeline
 from rlhf_jax.parallel import sharding as sharding_lib
+from rlhf_jax.rl import algorithms, critic, engine, evaluate, learn
 from rlhf_jax.stages import common, online
-from rlhf_jax.train import lora, loop, optimizer as optimizer_lib, ppo, precision, rl_update
+from rlhf_jax.train import lora, loop, optimizer as optimizer_lib, precision
 from rlhf_jax.train import state as state_lib
-
-FIELDS = ("prompt_tokens", "prompt_mask", "tokens", "mask", "old_logp", "values")
 
 
 def init_critic(config, s: online.Setup):
@@ -49,20 +48,7 @@ def init_critic(config, s: online.Setup):
   return scalar_graphdef, {"backbone": backbone, "head": fresh["head"]}, scalar_sh
 
 
-def make_prepare_fn(cfg, with_ptx: bool):
-  def prepare(fields, scores_B, beta):
-    adv, returns, rewards = ppo.advantages_and_returns(cfg, fields, scores_B, beta)
-    mask = fields["mask"].astype(jnp.float32)
-    batch = {k: fields[k] for k in FIELDS}
-    batch.update(advantages=adv, returns=returns)
-    if with_ptx:
-      batch.update({k: fields[k] for k in ("ptx_tokens", "ptx_mask", "ptx_completion_mask")})
-    kl_B = losses.sequence_kl(fields["old_logp"], fields["ref_logp"], mask)
-    return batch, {"kl": jnp.mean(kl_B), "shaped_reward": jnp.mean(jnp.sum(rewards, axis=1))}
-  return jax.jit(prepare)
-
-
-def build(config, s: online.Setup, workdir: str) -> online.Built:
+def build(config, s: online.Setup, workdir: str) -> engine.Built:
   cfg = config.ppo
   online.check_no_microbatches(config, "ppo.minibatches")
   steps = config.train.num_steps * cfg.epochs * cfg.minibatches
@@ -79,26 +65,23 @@ def build(config, s: online.Setup, workdir: str) -> online.Built:
   state, shardings = state_lib.state_from_params(
       {"policy": policy.params, "critic": critic_params},
       {"policy": policy_sh, "critic": critic_sh}, tx, s.mesh)
-
-  value_fn = ppo.make_value_fn(critic_graphdef, shared_backbone=config.critic.shared_backbone)
-  with_ptx = bool(cfg.ptx_coef)
-  update = rl_update.make_update_fn(
-      ppo.make_loss_fn(policy_graphdef, value_fn, cfg, config.data.prompt_len), tx,
-      num_epochs=cfg.epochs, num_minibatches=cfg.minibatches, stop_kl=cfg.stop_kl or None,
-      trainable=trainable)
-  update_fn = online.jit_update(update, config, shardings,
-                                check_inputs=("advantages", "returns", "old_logp", "values"))
-  prepare_fn = make_prepare_fn(cfg, with_ptx)
-  if with_ptx:
-    prepare_fn = _with_ptx_batches(config, s, workdir, prepare_fn)
-  stream = online.PromptStream(s.prompt_arrays["train"], config, config.kl.coef)
-  iteration = online.make_iteration(
-      s, config, policy_graphdef=policy_graphdef, policy_of=lambda p: p["policy"],
-      critic_of=lambda p: p["critic"], value_fn=value_fn, prepare_fn=prepare_fn,
-      update_fn=update_fn, stream=stream, group_size=1)
+  state, shardings = engine.rl_state(state, shardings, config.kl.coef, s.mesh)
+  model = learn.Model(
+      policy_graphdef=policy_graphdef, policy_of=lambda p: p["policy"],
+      critic_of=lambda p: p["critic"],
+      value_fn=critic.make_value_fn(critic_graphdef, shared_backbone=config.critic.shared_backbone))
+  learn_fn = engine.jit_learn(
+      learn.make_learn_fn(algorithms.get("ppo"), model, config, tx, trainable=trainable),
+      config, shardings, s.mesh,
+      check_inputs=("scores_B", "old_logp_BxT", "ref_logp_BxT", "values_BxT"))
+  stream = online.prompt_stream(s, config)
+  iteration = engine.make_iteration(
+      s, config, model=model, learn_fn=learn_fn, shardings=shardings, stream=stream, group_size=1,
+      extra_fn=_ptx_batches(config, s, workdir) if cfg.ptx_coef else None)
   export_params = lambda p: policy.export(p["policy"])
-  evaluate = online.make_evaluator(s, config, export_params, stream)
-  return online.Built(state, shardings, iteration, evaluate, stream, export_params=export_params,
+  return engine.Built(state, shardings, iteration,
+                      evaluate.make_evaluator(s, config, export_params), stream,
+                      export_params=export_params,
                       learning_rate=optimizer_lib.make_schedule(config.optimizer, steps))
 
 
@@ -107,18 +90,21 @@ def run(config, workdir: str) -> loop.LoopResult:
   return online.run(config, workdir, s, build(config, s, workdir))
 
 
-def _with_ptx_batches(config, s: online.Setup, workdir: str, prepare_fn):
-  """Adds an SFT batch (the PPO-ptx pretraining mix) of the rollout's size to every update."""
+def _ptx_batches(config, s: online.Setup, workdir: str):
+  """SFT rows (the PPO-ptx pretraining mix), one batch of the rollout's size per iteration, as
+  the rollout's extra fields: ptx_prompt_tokens / ptx_prompt_mask / ptx_tokens / ptx_mask (the
+  completion mask: the tokens the NLL counts)."""
   arrays, _ = pipeline.prepare_sft(common.records(config, workdir, "sft", "train"), s.layout,
                                    name="ptx")
   it = iter(pipeline.train_dataset(arrays, global_batch=config.rl.prompts_per_step,
                                    seed=config.seed + 7, process_index=jax.process_index(),
                                    process_count=jax.process_count()))
+  p = config.data.prompt_len
 
-  def prepare(fields, scores_B, beta):
-    ptx = loop.to_global(next(it), s.mesh)
-    fields = {**fields, "ptx_tokens": ptx["tokens"], "ptx_mask": ptx["mask"],
-              "ptx_completion_mask": ptx["completion_mask"]}
-    return prepare_fn(fields, scores_B, beta)
+  def batch() -> dict:
+    ptx = next(it)  # this process's rows, split into [prompt | completion] before placing
+    return loop.to_global({
+        "ptx_prompt_tokens": ptx["tokens"][:, :p], "ptx_prompt_mask": ptx["mask"][:, :p],
+        "ptx_tokens": ptx["tokens"][:, p:], "ptx_mask": ptx["completion_mask"][:, p:]}, s.mesh)
 
-  return prepare
+  return batch

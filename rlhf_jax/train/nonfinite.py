@@ -59,8 +59,9 @@ def first_nonfinite(values: Mapping[str, Any]) -> tuple[jax.Array, list[str]]:
 def guard_step(step_fn: Callable, *, mode: str, check_inputs: Sequence[str] = ()) -> Callable:
   """`step_fn(state, batch, rng) -> (state, metrics)` with the non-finite flag added.
 
-  check_inputs: batch fields tested too (named `batch/<field>`), e.g. the advantages of an RL
-    update, whose non-finite values would otherwise surface one step later.
+  check_inputs: batch fields (keys, or attributes of a dataclass batch such as an RL rollout)
+    tested too (named `batch/<field>`), e.g. a rollout's rewards, whose non-finite values would
+    otherwise surface one step later.
   The returned function has `checked_names`: the names the flag indexes (known once traced)."""
   if mode not in MODES:
     raise ValueError(f"unknown train.nonfinite {mode!r}; valid: {list(MODES)}")
@@ -69,7 +70,8 @@ def guard_step(step_fn: Callable, *, mode: str, check_inputs: Sequence[str] = ()
   def guarded(state, batch, rng):
     new_state, metrics = step_fn(state, batch, rng)
     values = dict(metrics)
-    values.update({f"batch/{k}": batch[k] for k in check_inputs})
+    field = (lambda k: batch[k]) if isinstance(batch, Mapping) else (lambda k: getattr(batch, k))
+    values.update({f"batch/{k}": field(k) for k in check_inputs})
     flag, names = first_nonfinite(values)
     checked_names[:] = names
     if mode == "skip":

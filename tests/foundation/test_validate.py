@@ -17,14 +17,16 @@ from rlhf_jax.data import builders, pipeline, tokenizer
 from rlhf_jax.models import remat
 from rlhf_jax.rewards import functions as reward_fns, learned
 from rlhf_jax.stages import best_of_n, dpo as dpo_stage
-from rlhf_jax.train import dpo as dpo_steps, kl_control, policy_gradient as pg_steps, precision
+from rlhf_jax.rl import algorithms as rl_algorithms, kl_control
+from rlhf_jax.train import dpo as dpo_steps, precision
 from rlhf_jax.train import reward_model as rm_steps
 
 # (config, override key, bad value, the valid choices the message must list)
 TYPOS = [
     ("ppo.py:test", "kl.controller", "adaptve", kl_control.KINDS),
-    ("grpo.py:test", "pg.algorithm", "grp", pg_steps.ALGORITHMS),
+    ("grpo.py:test", "pg.algorithm", "grp", tuple(rl_algorithms.names(critic=False))),
     ("ppo.py:test", "reward.source", "gld", reward_fns.SOURCES),
+    ("grpo.py:test", "kl.placement", "rewards", rl_algorithms.KL_PLACEMENTS),
     ("sft.py:test", "model.dtype", "bf16", precision.COMPUTE_DTYPES),
     ("sft.py:test", "model.remat", "ful", tuple(remat.REMAT_POLICIES)),
     ("sft.py:test", "task.name", "arith", tuple(builders.TASKS)),
@@ -43,7 +45,7 @@ TYPOS = [
     ("dpo.py:test", "loss.name", "dpoo", tuple(dpo_steps.pair_loss_names())),
     # Recipe steps: the field is named as its override key, the step in front.
     ("instructgpt.py:test", "ppo.kl.controller", "adaptve", kl_control.KINDS),
-    ("r1.py:test", "grpo.pg.algorithm", "grp", pg_steps.ALGORITHMS),
+    ("r1.py:test", "grpo.pg.algorithm", "grp", tuple(rl_algorithms.names(critic=False))),
     ("tulu3.py:test", "rlvr.pg.level", "tok", losses.RATIO_LEVELS),
 ]
 
@@ -116,6 +118,15 @@ def test_every_pair_loss_is_accepted():
     ("reward_model.py:test", [("reward.data_fraction", "0.0")], "reward.data_fraction=0.0"),
     ("ppo.py:adaptive,test", [("kl.target", "0.0")], "kl.target=0.0"),
     ("dpo.py:bt,test", [("task.params.labels", "bt")], "task.params of task 'enumerable'"),
+    ("grpo.py:reinforce,test", [("pg.group_size", "1"), ("rl.dynamic_sampling", "True")],
+     "rl.dynamic_sampling drops groups whose rewards are all equal: it needs pg.group_size >= 2"),
+    ("ppo.py:test", [("rl.dynamic_sampling", "True")], "it needs pg.group_size >= 2"),
+    ("grpo.py:test", [("rl.dynamic_sampling", "True"), ("rl.max_sampling_rounds", "0")],
+     "rl.max_sampling_rounds=0: must be an integer >= 1"),
+    ("grpo.py:test", [("rl.tis_cap", "0.5")], "rl.tis_cap=0.5"),
+    ("grpo.py:test", [("pg.algorithm", "ppo")], "unknown pg.algorithm 'ppo'"),
+    ("grpo.py:test", [("rl.algorithm_modules", "no_such_module_xyz")],
+     "rl.algorithm_modules: cannot import 'no_such_module_xyz'"),
 ])
 def test_bad_counts_fail(spec, overrides, expected):
   assert expected in _error(spec, *overrides)

@@ -3,10 +3,12 @@
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+from rlhf_jax import losses
 from rlhf_jax.losses import kl
 
 
@@ -151,3 +153,21 @@ def test_kl_errors():
     kl.kl_shaped_rewards(np.zeros(3), z, z, z, beta=0.1)
   with pytest.raises(TypeError):
     kl.kl_penalty(z, z)  # estimator is required and keyword-only
+
+
+def test_value_clamp_clips_any_estimator_as_verl_does():
+  logp = jnp.array([[0.0, -5.0, 3.0]])
+  ref = jnp.array([[0.0, 0.0, 0.0]])
+  # k3 at delta = -5: e^5 - 5 - 1 = 142.4 -> 10; at 3: e^-3 + 2 = 2.05 (inside).
+  k3 = losses.kl_penalty(logp, ref, estimator="k3", value_clamp=10.0)
+  np.testing.assert_allclose(k3, [[0.0, 10.0, np.exp(-3.0) + 2.0]], rtol=1e-6)
+  k1 = losses.kl_penalty(logp, ref, estimator="k1", value_clamp=2.0)
+  np.testing.assert_allclose(k1, [[0.0, -2.0, 2.0]])
+  grad = jax.grad(lambda lp: jnp.sum(losses.kl_penalty(lp, ref, estimator="k3",
+                                                       value_clamp=10.0)))(logp)
+  assert float(grad[0, 1]) == 0.0 and float(grad[0, 2]) != 0.0   # no gradient beyond the clip
+  shaped = losses.kl_shaped_rewards(jnp.array([1.0]), logp, ref, jnp.ones((1, 3)), beta=1.0,
+                                    estimator="k1", value_clamp=2.0)
+  np.testing.assert_allclose(shaped, [[0.0, 2.0, -2.0 + 1.0]])
+  with pytest.raises(ValueError, match="value_clamp"):
+    losses.kl_penalty(logp, ref, estimator="k3", value_clamp=0.0)

@@ -3,11 +3,12 @@
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from rlhf_jax.losses import policy, sft
+from rlhf_jax.losses import logprobs, policy, sft
 
 # Ratios [1.5, 0.5, 1.1, 1.0] with advantages [1, -1, -2, 3].
 OLD = np.zeros((1, 4))
@@ -109,16 +110,16 @@ def test_policy_gradients():
     mask = np.array([[1, 1, 1], [1, 1, 0]])
     values = np.array([[1.0, 0.0, 2.0], [0.1, 0.2, 0.3]])
     old_v, ret = values + np.array([[0.5, -0.05, 0.0], [0.0, 0.4, -0.3]]), rng.normal(size=(2, 3))
-    logits, tokens = rng.normal(size=(2, 3, 5)), rng.integers(0, 5, size=(2, 3))
+    entropy = rng.uniform(0.1, 1.5, size=(2, 3))
 
     @jax.jit
-    def all_policy_losses(x, v, z):  # one check, one compilation
+    def all_policy_losses(x, v, h):  # one check, one compilation
       return ([policy.ppo_policy_loss(x, old, adv, mask, clip_eps=0.2, level=lv)
                for lv in policy.RATIO_LEVELS]
               + [policy.value_loss(v, old_v, ret, mask, clip_eps=0.2),
-                 policy.entropy_bonus(z, mask, coef=0.1), policy.ptx_loss(z, tokens, mask, coef=0.5)])
+                 policy.entropy_bonus(h, mask, coef=0.1), policy.ptx_loss(x, mask, coef=0.5)])
 
-    check_grads(all_policy_losses, (logp, values, logits), order=1, modes=("rev",))
+    check_grads(all_policy_losses, (logp, values, entropy), order=1, modes=("rev",))
 
 
 def test_value_loss_hand_values(call):
@@ -134,12 +135,27 @@ def test_value_loss_hand_values(call):
 
 
 def test_entropy_bonus_and_ptx_hand_values(call):
-  logits = np.zeros((1, 2, 4))  # uniform: H = ln 4, log p = -ln 4.
+  # A uniform 4-way softmax: H = ln 4 and log p = -ln 4 per token (the second token is padding).
+  entropy = np.asarray(logprobs.token_entropy(jnp.zeros((1, 2, 4))))
+  logp = np.asarray(logprobs.token_logps(jnp.zeros((1, 2, 4)), jnp.array([[3, 1]])))
   mask = np.array([[1, 0]])
-  np.testing.assert_allclose(call(policy.entropy_bonus, logits, mask, coef=0.01),
+  np.testing.assert_allclose(call(policy.entropy_bonus, entropy, mask, coef=0.01),
                              [[-0.01 * math.log(4.0), 0.0]], rtol=1e-6)
-  np.testing.assert_allclose(call(policy.ptx_loss, logits, np.array([[3, 1]]), mask, coef=0.5),
+  np.testing.assert_allclose(call(policy.ptx_loss, logp, mask, coef=0.5),
                              [[0.5 * math.log(4.0), 0.0]], rtol=1e-6)
+
+
+def test_tis_weights_hand_values_and_no_gradient(call):
+  old = np.log(np.array([[0.5, 0.2, 0.9, 0.3]]))
+  sampler = np.log(np.array([[0.25, 0.4, 0.1, 0.3]]))
+  mask = np.array([[1, 1, 1, 0]])
+  # ratios 2, 0.5, 9 (capped at 3); the padded token gets 0 whatever its values.
+  np.testing.assert_allclose(call(policy.tis_weights, old, sampler, mask, cap=3.0),
+                             [[2.0, 0.5, 3.0, 0.0]], rtol=1e-6)
+  grad = jax.grad(lambda o: jnp.sum(policy.tis_weights(o, sampler, mask, cap=3.0)))(old)
+  np.testing.assert_array_equal(grad, 0.0)
+  with pytest.raises(ValueError, match="cap"):
+    policy.tis_weights(old, sampler, mask, cap=0.5)
 
 
 def test_token_losses_padding_invariance():
@@ -152,7 +168,10 @@ def test_token_losses_padding_invariance():
 
   @jax.jit
   def all_token_losses(z, y, m):
-    return (policy.entropy_bonus(z, m, coef=0.1), policy.ptx_loss(z, y, m, coef=0.5),
+    # Padding holds NaN entropies / log-probs: they must reach neither value nor gradient.
+    h = jnp.where(m > 0, logprobs.token_entropy(z), jnp.nan)
+    lp = jnp.where(m > 0, logprobs.token_logps(z, y), jnp.nan)
+    return (policy.entropy_bonus(h, m, coef=0.1), policy.ptx_loss(lp, m, coef=0.5),
             sft.sft_loss(z, y, m, label_smoothing=0.1))
 
   for base, pad in zip(all_token_losses(logits, tokens, mask), all_token_losses(*padded)):
@@ -171,4 +190,4 @@ def test_policy_errors():
   with pytest.raises(ValueError, match="returns_BxT"):
     policy.value_loss(z, z, np.zeros(2), z, clip_eps=0.2)
   with pytest.raises(ValueError, match="mask_BxT"):
-    policy.entropy_bonus(np.zeros((2, 3, 4)), np.zeros((2, 4)), coef=0.1)
+    policy.entropy_bonus(np.zeros((2, 3)), np.zeros((2, 4)), coef=0.1)

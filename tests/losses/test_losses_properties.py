@@ -136,6 +136,8 @@ GROUPS: dict[str, tuple[Entry, ...]] = {
         Entry("ppo_value", _TOK3, static={"clip_eps": None}, masked=True),
         Entry("ppo_value", _TOK3, dict(clip_eps=CLIP), masked=True),
         Entry("gae", ("x0", "x1", "mask"), dict(gamma=_hp(0.9, 1.0), lam=_hp(0.9, 1.0)), masked=True),
+        Entry("ptx", ("x0", "mask"), dict(coef=_hp(0.0, 1.0)), masked=True),
+        Entry("entropy_bonus", ("x0", "mask"), dict(coef=_hp(0.0, 0.1)), masked=True),
         Entry("aggregate", ("x0", "mask"), static={"mode": "token-mean"}, out="", masked=True),
         Entry("aggregate", ("x0", "mask"), dict(num_tokens=_hp(1.0, 100.0)), static={"mode": "token-mean"},
               out="", masked=True),
@@ -148,8 +150,6 @@ GROUPS: dict[str, tuple[Entry, ...]] = {
     "logits": (
         Entry("sft", ("z", "y", "mask"), masked=True),
         Entry("sft", ("z", "y", "mask"), dict(label_smoothing=_hp(0.0, 0.3)), masked=True),
-        Entry("ptx", ("z", "y", "mask"), dict(coef=_hp(0.0, 1.0)), masked=True),
-        Entry("entropy_bonus", ("z", "mask"), dict(coef=_hp(0.0, 0.1)), masked=True),
     ),
 }
 # (B, T) of the finite test (B = 1 and T = 1 included; one full group for the group estimators), and

@@ -58,23 +58,3 @@ def test_overlong_penalty_is_dapos_soft_punishment():
   np.testing.assert_allclose(got, 0.5 * np.array([0.0, 0.0, -0.25, -0.5, -1.0, -1.0]))
   with pytest.raises(ValueError, match="buffer must be in"):
     losses.overlong_penalty(lengths, max_len=16, buffer=0)
-
-
-def test_prepare_applies_the_overlong_penalty_and_masks_truncated_rows():
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from rlhf_jax.stages import policy_gradient  # pylint: disable=g-import-not-at-top
-  cfg = ml_collections.ConfigDict({
-      "algorithm": "reinforce", "baseline": "none", "group_size": 1, "scale": "group",
-      "kl_estimator": "k1", "overlong_buffer": 2, "overlong_penalty": 1.0,
-      "mask_truncated": True})
-  mask = jnp.array([[1, 1, 0, 0], [1, 1, 1, 1]])
-  zeros = jnp.zeros((2, 4))
-  fields = {"prompt_tokens": jnp.ones((2, 3), jnp.int32), "prompt_mask": jnp.ones((2, 3)),
-            "tokens": jnp.ones((2, 4), jnp.int32), "mask": mask, "old_logp": zeros,
-            "ref_logp": zeros, "stopped": jnp.array([True, False])}
-  batch, metrics = policy_gradient.make_prepare_fn(cfg, 4)(fields, jnp.array([1.0, 1.0]), 0.0)
-  # Lengths 2 and 4 with a budget of 4 and a buffer of 2: penalties 0 and -1 (REINFORCE, no
-  # baseline: the advantage is the shaped score); the truncated row leaves the loss.
-  np.testing.assert_allclose(batch["advantages"], [1.0, 0.0])
-  np.testing.assert_array_equal(batch["mask"], [[1, 1, 0, 0], [0, 0, 0, 0]])
-  assert float(metrics["overlong_penalty"]) == -0.5 and float(metrics["truncated_frac"]) == 0.5

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from rlhf_jax.parallel import mesh as mesh_lib, sharding as sharding_lib
+from rlhf_jax.rl import engine, rollout as rollout_lib
 from rlhf_jax.stages import online, policy_gradient, ppo
 from rlhf_jax.train import export, loop, metrics as metrics_lib, nonfinite, preemption
 from tests import stagelib
@@ -64,16 +65,18 @@ def test_old_logps_from_the_sampler_match_a_rescoring_pass(sft_dir):
     config = _config("configs/grpo.py:test,enumerable", sft_dir,
                      ("rl.rescore_policy", str(rescore)), ("pg.epochs", "2"))
     s = online.setup(config, str(sft_dir / f"rescore_{rescore}"))
-    assert online.rescore_policy(config, s) == rescore
+    assert engine.rescore_policy(config, s) == rescore
     built = policy_gradient.build(config, s)
     # One rollout scored by the stage's jitted score function (old_logp as the update sees it).
     batch = loop.to_global(next(built.stream), s.mesh)
-    gen_fn = online.rollout_lib.make_generate_fn(s.sft.graphdef, s.sampling,
-                                                 group_size=config.pg.group_size)
+    shardings = rollout_lib.shardings_of(s.sft.params, s.mesh)
+    gen_fn = rollout_lib.make_generate_fn(s.sft.graphdef, s.sampling, mesh=s.mesh,
+                                          param_shardings=shardings,
+                                          group_size=config.pg.group_size)
     pt, pm, out = gen_fn(built.state.params, batch["prompt_tokens"], batch["prompt_mask"],
                          jax.random.key(5))
-    scored = built.iteration.jitted["score"](built.state.params, s.sft.params, None, None, pt, pm,
-                                             out.tokens_BxT, out.mask_BxT, out.logp_BxT)
+    scored = built.iteration.score_fn({"policy": built.state.params, "ref": s.sft.params}, pt, pm,
+                                      out.tokens_BxT, out.mask_BxT, out.logp_BxT)
     old_logp = np.asarray(scored["old_logp"])
     if not rescore:
       np.testing.assert_array_equal(old_logp, np.asarray(out.logp_BxT))
@@ -84,7 +87,7 @@ def test_old_logps_from_the_sampler_match_a_rescoring_pass(sft_dir):
     assert a["reward"] == b["reward"]  # the same rollouts
     np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-3, atol=1e-6)
   tempered = _config("configs/grpo.py:test,enumerable", sft_dir, ("rl.temperature", "0.7"))
-  assert online.rescore_policy(tempered, online.setup(tempered, str(sft_dir / "tempered")))
+  assert engine.rescore_policy(tempered, online.setup(tempered, str(sft_dir / "tempered")))
 
 
 @pytest.mark.parametrize("variant", ["", "reinforce_pp", "cispo"])
