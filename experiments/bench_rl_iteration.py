@@ -13,8 +13,11 @@ the per-round ratio other / first (> 1: the first checkout is faster) with its m
   python experiments/bench_rl_iteration.py --checkouts . /tmp/before --rounds 5
 
 Work per iteration (enumerable world, char tokenizer, the `tiny` SFT model of configs/sft.py):
-  grpo  16 prompts x 8 samples, 6 new tokens, one optimizer step       (configs/grpo.py:enumerable)
-  ppo   64 prompts, 6 new tokens, critic, 4 epochs x 4 minibatches      (configs/ppo.py)
+  grpo             16 prompts x 8 samples, 6 new tokens, one optimizer step
+                   (configs/grpo.py:enumerable)
+  ppo              64 prompts, 6 new tokens, critic, 4 epochs x 4 minibatches (configs/ppo.py)
+  grpo_arithmetic  128 prompts x 8 samples, 5 new tokens, the verifier's reward on the host,
+                   two optimizer steps (configs/grpo.py, from configs/sft.py)
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# stage -> (its config, the SFT config it starts from)
 STAGES = {
-    "grpo": "configs/grpo.py:enumerable",
-    "ppo": "configs/ppo.py",
+    "grpo": ("configs/grpo.py:enumerable", "configs/sft.py:enumerable"),
+    "ppo": ("configs/ppo.py", "configs/sft.py:enumerable"),
+    "grpo_arithmetic": ("configs/grpo.py", "configs/sft.py"),
 }
 
 
@@ -49,10 +54,13 @@ def _run(checkout: str, config: str, workdir: str, overrides: list[str]) -> floa
   return time.perf_counter() - t0
 
 
-def iteration_times(workdir: str, warmup: int) -> list[float]:
+def phase_times(workdir: str, warmup: int) -> dict[str, float]:
+  """Median seconds per logged phase (`train/time/<phase>`), the warm-up iterations left out."""
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-  times = [r["train/time/iteration"] for r in rows if "train/time/iteration" in r]
-  return times[warmup:]
+  rows = [r for r in rows if "train/time/iteration" in r][warmup:]
+  keys = sorted({k for r in rows for k in r if k.startswith("train/time/")})
+  return {k.removeprefix("train/time/"): statistics.median(r[k] for r in rows if k in r)
+          for k in keys}
 
 
 def main() -> None:
@@ -65,21 +73,29 @@ def main() -> None:
   parser.add_argument("--sft_steps", type=int, default=200)
   args = parser.parse_args()
   root = tempfile.mkdtemp(prefix="bench_rl_")
-  sft_dir = os.path.join(root, "sft")
-  _run(args.checkouts[0], "configs/sft.py:enumerable", sft_dir,
-       [f"--config.train.num_steps={args.sft_steps}", "--config.train.tensorboard=False"])
-  common = [f"--config.init.from_workdir={sft_dir}",
-            f"--config.train.num_steps={args.iterations}", "--config.train.log_every=1",
-            f"--config.train.eval_every={10 * args.iterations}",
+  sft_dirs = {}
+  for sft_config in sorted({STAGES[s][1] for s in args.stages}):
+    sft_dirs[sft_config] = os.path.join(root, f"sft{len(sft_dirs)}")
+    _run(args.checkouts[0], sft_config, sft_dirs[sft_config],
+         [f"--config.train.num_steps={args.sft_steps}", "--config.train.tensorboard=False",
+          "--config.train.eval_every=0", f"--config.data.data_dir={root}/data"])
+  common = [f"--config.train.num_steps={args.iterations}", "--config.train.log_every=1",
+            f"--config.data.data_dir={root}/data", "--config.eval.pass_n=0",
+            "--config.train.eval_every=0",
             f"--config.train.checkpoint_every={10 * args.iterations}",
-            "--config.train.tensorboard=False", "--config.eval.exact_prompts=1"]
+            "--config.train.tensorboard=False"]
   medians = {(s, c): [] for s in args.stages for c in args.checkouts}
+  phases = {(s, c): [] for s in args.stages for c in args.checkouts}
   for r in range(args.rounds):
     for stage in args.stages:
       for c in args.checkouts:
         workdir = os.path.join(root, f"{stage}-{r}-{args.checkouts.index(c)}")
-        _run(c, STAGES[stage], workdir, common)
-        medians[(stage, c)].append(statistics.median(iteration_times(workdir, args.warmup)))
+        config, sft_config = STAGES[stage]
+        _run(c, config, workdir,
+             common + [f"--config.init.from_workdir={sft_dirs[sft_config]}"])
+        times = phase_times(workdir, args.warmup)
+        medians[(stage, c)].append(times["iteration"])
+        phases[(stage, c)].append(times)
         shutil.rmtree(workdir)
     print(f"round {r + 1}/{args.rounds}: " + ", ".join(
         f"{s}[{i}] {medians[(s, c)][-1] * 1e3:.1f} ms" for s in args.stages
@@ -95,6 +111,10 @@ def main() -> None:
         line += (f"   ratio [{i}]/[0] {statistics.median(ratios):.2f} "
                  f"(min {min(ratios):.2f}, max {max(ratios):.2f})")
       print(line)
+      per_phase = {k: statistics.median(p[k] for p in phases[(stage, c)] if k in p)
+                   for k in sorted({k for p in phases[(stage, c)] for k in p})}
+      print("        phases (ms): " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in per_phase.items()
+                                               if k != "iteration"))
   shutil.rmtree(root)
 
 
