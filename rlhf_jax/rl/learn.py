@@ -80,10 +80,15 @@ def shape_rollout(cfg, rollout: Rollout, max_len: int) -> tuple[Rollout, jax.Arr
   return rollout, scores_B, metrics
 
 
+def stage_block(config):
+  """The stage's own hyper-parameters: config.ppo for PPO, config.pg for the critic-free stage."""
+  return config.ppo if config.stage == "ppo" else config.pg
+
+
 def make_loss_fn(algorithm: algorithms.Algorithm, model: Model, config):
   """loss_fn(params, minibatch, beta) -> (loss, metrics); minibatch = {"rollout": Rollout,
   "advantages": [B] or [B, T], **the algorithm's extras}."""
-  cfg = config[config.stage if config.stage == "ppo" else "pg"]
+  cfg = stage_block(config)
   in_loss = algorithms.placement(algorithm, config.kl) == "loss"
   tis_cap = float(config.rl.get("tis_cap", 0.0))
   aggregation = cfg.get("aggregation", "token-mean")
@@ -140,7 +145,7 @@ def make_learn_fn(algorithm: algorithms.Algorithm, model: Model, config,
 
   trainable: a pytree of bools like the params (train/lora.py's mask), or None (all); frozen
   leaves get stop_gradient, so their weight gradients are never computed."""
-  cfg = config[config.stage if config.stage == "ppo" else "pg"]
+  cfg = stage_block(config)
   num_epochs, num_minibatches = int(cfg.epochs), int(cfg.minibatches)
   stop_kl = cfg.stop_kl or None
   beta_in_reward = algorithms.placement(algorithm, config.kl) == "reward"
