@@ -91,10 +91,11 @@ class Collected:
   seconds: dict
 
 
-def informative_groups(scores: list[np.ndarray], group_size: int) -> int:
-  """How many groups of the rounds' scores are not all equal (they carry a learning signal)."""
+def informative(scores: list[np.ndarray], group_size: int) -> np.ndarray:
+  """Per group of the rounds' scores (concatenated): whether its rewards are not all equal (it
+  carries a learning signal)."""
   flat = np.concatenate(scores).reshape(-1, group_size)
-  return int(np.sum(flat.max(axis=1) > flat.min(axis=1)))
+  return flat.max(axis=1) > flat.min(axis=1)
 
 
 def select_groups(scores: list[np.ndarray], group_size: int, prompts: int
@@ -103,16 +104,15 @@ def select_groups(scores: list[np.ndarray], group_size: int, prompts: int
   concatenated, metrics). Keeps the first `prompts` groups whose rewards are not all equal; when
   fewer exist, tops the batch up with the first degenerate ones (the batch shape is static),
   counted as dynamic_sampling/filled_groups. Groups keep their order."""
-  flat = np.concatenate(scores).reshape(-1, group_size)
-  informative = flat.max(axis=1) > flat.min(axis=1)
-  kept = np.flatnonzero(informative)[:prompts]
+  signal = informative(scores, group_size)
+  kept = np.flatnonzero(signal)[:prompts]
   filled = prompts - len(kept)
-  groups = np.sort(np.concatenate([kept, np.flatnonzero(~informative)[:filled]]))
+  groups = np.sort(np.concatenate([kept, np.flatnonzero(~signal)[:filled]]))
   if len(groups) < prompts:
     raise ValueError(f"dynamic sampling: {len(groups)} groups generated, {prompts} needed")
   rows = (groups[:, None] * group_size + np.arange(group_size)[None, :]).reshape(-1)
   return rows, {"dynamic_sampling/rounds": float(len(scores)),
-                "dynamic_sampling/informative_frac": float(informative.mean()),
+                "dynamic_sampling/informative_frac": float(signal.mean()),
                 "dynamic_sampling/filled_groups": float(filled)}
 
 
@@ -141,6 +141,14 @@ def make_iteration(s: Setup, config, *, model: learn_lib.Model, learn_fn: Callab
   dynamic = bool(config.rl.get("dynamic_sampling", False))
   max_rounds = int(config.rl.get("max_sampling_rounds", 1)) if dynamic else 1
   prompts = int(config.rl.prompts_per_step)
+  groups_by_rows = {}
+
+  def group_ids(rows: int) -> jax.Array:
+    """[rows] group index of each row (row // group_size), on device; one upload per size."""
+    if rows not in groups_by_rows:
+      groups_by_rows[rows] = rollout_lib.to_device(
+          np.repeat(np.arange(rows // group_size, dtype=np.int32), group_size), s.mesh)
+    return groups_by_rows[rows]
 
   def collect(state, batch, rng) -> Collected:
     t0 = time.perf_counter()
@@ -157,8 +165,10 @@ def make_iteration(s: Setup, config, *, model: learn_lib.Model, learn_fn: Callab
     index = np.repeat(rollout_lib.host_array(batch["prompt_index"]), group_size)
     completions = reward_fns.decode_completions(s.tok, tokens, mask) if s.needs_text() else None
     rm = rollout_lib.host_array(scored["rm_scores"]) if s.rm is not None else None
+    scores_B = None
     if config.reward.source == "learned" and s.functions is None:
       scores, parts = rm, {}
+      scores_B = scored["rm_scores"]  # already on device, laid out as the rollout
       gold = (reward_fns.gold_scores(s.task, [s.prompts["train"][i] for i in index], completions)
               if hasattr(s.task, "gold_reward") else None)
     else:
@@ -169,9 +179,9 @@ def make_iteration(s: Setup, config, *, model: learn_lib.Model, learn_fn: Callab
         prompt_tokens_BxP=pt, prompt_mask_BxP=pm, tokens_BxT=gen.tokens_BxT,
         mask_BxT=gen.mask_BxT, stopped_B=gen.stopped_B, sampler_logp_BxT=gen.logp_BxT,
         old_logp_BxT=scored["old_logp"], ref_logp_BxT=scored["ref_logp"],
-        values_BxT=scored["values"], scores_B=rollout_lib.to_device(scores, s.mesh),
-        group_B=rollout_lib.to_device(np.repeat(np.arange(rows // group_size, dtype=np.int32),
-                                                group_size), s.mesh),
+        values_BxT=scored["values"],
+        scores_B=rollout_lib.to_device(scores, s.mesh) if scores_B is None else scores_B,
+        group_B=group_ids(rows),
         rewards={k: rollout_lib.to_device(np.asarray(v, np.float32), s.mesh)
                  for k, v in parts.items()})
     return Collected(rollout, scores, gold, parts, mask.sum(1),
@@ -184,15 +194,13 @@ def make_iteration(s: Setup, config, *, model: learn_lib.Model, learn_fn: Callab
     if not dynamic:
       return rounds[0], {}
     while (len(rounds) < max_rounds
-           and informative_groups([r.scores for r in rounds], group_size) < prompts):
+           and informative([r.scores for r in rounds], group_size).sum() < prompts):
       more = loop.to_global(next(stream), s.mesh)
       rounds.append(collect(state, more, jax.random.fold_in(rng, len(rounds))))
     rows, stats = select_groups([r.scores for r in rounds], group_size, prompts)
     cat = lambda xs: np.concatenate(xs)[rows]
     merged = rollout_lib.concatenate([r.rollout for r in rounds], s.mesh)
-    picked = rollout_lib.select_rows(merged, rows, s.mesh).replace(
-        group_B=rollout_lib.to_device(np.repeat(np.arange(prompts, dtype=np.int32), group_size),
-                                      s.mesh))
+    picked = rollout_lib.select_rows(merged, rows, s.mesh).replace(group_B=group_ids(len(rows)))
     first = rounds[0]
     gold = None if first.gold is None else cat([r.gold for r in rounds])
     parts = {k: cat([r.parts[k] for r in rounds]) for k in first.parts}

@@ -164,7 +164,10 @@ def make_learn_fn(algorithm: algorithms.Algorithm, model: Model, config,
     adv, extras = algorithm.advantages(cfg, rollout, scores_B, kl_BxT,
                                        beta if beta_in_reward else 0.0)
     metrics.update(extras.pop("metrics", {}))
-    data = {"rollout": rollout, "advantages": adv, **extras}
+    # The minibatches carry what the loss reads: not the per-function reward columns (logged
+    # only), nor the critic's values where there is no critic.
+    kept = rollout.replace(rewards={}, **({} if algorithm.uses_critic else {"values_BxT": None}))
+    data = {"rollout": kept, "advantages": adv, **extras}
     b = rollout.mask_BxT.shape[0]
     if b % num_minibatches:
       raise ValueError(f"rollout batch {b} is not divisible by {num_minibatches} minibatches")
