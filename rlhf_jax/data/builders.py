@@ -11,8 +11,10 @@ ranks).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 from typing import Any, Callable
@@ -106,11 +108,27 @@ def load_split(task_name: str, kind: str, split: str, *, data_dir: str,
                task_params: dict | None = None):
   """Prepares (once) and returns the split as a random-access TFDS data source of dicts."""
   tfds.disable_progress_bar()
-  builder = ToyTask(task_name=task_name, kind=kind, task_params=task_params, data_dir=data_dir)
-  builder.download_and_prepare()
+  with _quiet_tfds():
+    builder = ToyTask(task_name=task_name, kind=kind, task_params=task_params, data_dir=data_dir)
+    builder.download_and_prepare()
   logging.info("toy_task %s/%s: %s", builder.builder_config.name, split,
                builder.info.splits[split].num_examples)
   return builder.as_data_source(split=split)
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+  """TFDS's banners for data generated here: the "Using custom data configuration" warning (its
+  one-line JSON config) and the "Downloading and preparing dataset Unknown size" print, once per
+  builder and split. Errors still show; the info line above says what was prepared."""
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    absl_logger.setLevel(level)
 
 
 def _decode(value):

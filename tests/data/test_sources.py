@@ -3,6 +3,7 @@ layout, held-out splits, field remapping, every record format into canonical rec
 [prompt | completion] layout of conversations (assistant-only loss masks)."""
 
 import json
+import logging
 
 import ml_collections
 import numpy as np
@@ -189,3 +190,19 @@ def test_validation_checks_the_configured_train_split_of_a_directory(tmp_path):
     validate.validate(configlib.get("configs/sft.py:test", overrides))
   validate.validate(configlib.get("configs/sft.py:test", overrides + [
       ("data.train_split", "test"), ("tokenizer.kind", "sentencepiece")]))
+
+
+def test_toy_task_preparation_prints_no_tfds_banners(tmp_path, capsys, caplog):
+  """Data generated here gets one info line per split, not TFDS's download banner (stdout) and
+  its "Using custom data configuration" warning with the config as one line of JSON."""
+  from rlhf_jax.data import builders  # pylint: disable=g-import-not-at-top
+  caplog.set_level("INFO")
+  level = logging.getLogger("absl").level
+  for _ in range(2):  # prepared, then reused
+    source = builders.load_split("enumerable", "sft", "test", data_dir=str(tmp_path))
+  assert len(source) > 0
+  out = capsys.readouterr().out
+  assert "Downloading and preparing" not in out and "downloaded and prepared" not in out, out
+  assert "Using custom data configuration" not in caplog.text, caplog.text
+  assert caplog.text.count("toy_task enumerable-sft-") == 2, caplog.text
+  assert logging.getLogger("absl").level == level   # restored
