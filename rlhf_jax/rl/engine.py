@@ -199,8 +199,8 @@ def make_iteration(s: Setup, config, *, model: learn_lib.Model, learn_fn: Callab
       rounds.append(collect(state, more, jax.random.fold_in(rng, len(rounds))))
     rows, stats = select_groups([r.scores for r in rounds], group_size, prompts)
     cat = lambda xs: np.concatenate(xs)[rows]
-    merged = rollout_lib.concatenate([r.rollout for r in rounds], s.mesh)
-    picked = rollout_lib.select_rows(merged, rows, s.mesh).replace(group_B=group_ids(len(rows)))
+    picked = rollout_lib.select_rows([r.rollout for r in rounds], rows, s.mesh).replace(
+        group_B=group_ids(len(rows)))
     first = rounds[0]
     gold = None if first.gold is None else cat([r.gold for r in rounds])
     parts = {k: cat([r.parts[k] for r in rounds]) for k in first.parts}

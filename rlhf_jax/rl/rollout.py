@@ -168,14 +168,8 @@ def to_device(x_np: np.ndarray, mesh) -> jax.Array:
   return jax.make_array_from_callback(x_np.shape, sharding, lambda idx: x_np[idx])
 
 
-def select_rows(rollout: Rollout, rows: np.ndarray, mesh) -> Rollout:
-  """The rollout restricted to `rows` (host indices), placed batch-sharded again."""
-  return jax.tree.map(lambda x: to_device(host_array(x)[rows], mesh), rollout)
-
-
-def concatenate(rollouts: list[Rollout], mesh) -> Rollout:
-  """Rollouts of several generation rounds as one (rows in order), batch-sharded."""
-  if len(rollouts) == 1:
-    return rollouts[0]
-  return jax.tree.map(lambda *xs: to_device(np.concatenate([host_array(x) for x in xs]), mesh),
-                      *rollouts)
+def select_rows(rollouts: list[Rollout], rows: np.ndarray, mesh) -> Rollout:
+  """Rows `rows` (host indices into the rollouts' rows, concatenated in order) of several
+  generation rounds as one rollout, batch-sharded: each field fetched once, uploaded once."""
+  return jax.tree.map(
+      lambda *xs: to_device(np.concatenate([host_array(x) for x in xs])[rows], mesh), *rollouts)
