@@ -47,6 +47,7 @@ CHOICES: tuple[tuple[str, str, str], ...] = (
     ("model.family", "models", "FAMILIES"),
     ("model.dtype", "train.precision", "COMPUTE_DTYPES"),
     ("model.remat", "models.remat", "REMAT_POLICIES"),
+    ("model.attention", "models.attention", "IMPLEMENTATIONS"),
     ("task.name", "data.builders", "TASKS"),
     ("tokenizer.kind", "data.tokenizer", "CONFIG_KINDS"),
     ("data.overlong", "data.pipeline", "OVERLONG_POLICIES"),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from rlhf_jax.models.attention import check_implementation as check_attention
 from rlhf_jax.models.remat import check_remat
 
 NORMS = ("rms", "layer")
@@ -49,6 +50,8 @@ class ModelConfig:
   accumulated and returned in float32, so log-probs and losses are float32.
   remat: rematerialisation policy of each block in training (models/remat.py: none | full |
   dots_saveable | dots_with_no_batch_dims_saveable); it changes memory and time, not values.
+  attention: the fused attention's implementation (models/attention.py: auto | xla | cudnn);
+  it changes speed and memory, not values (up to rounding).
 
   Architecture options (defaults = Llama):
     family: label of the model family (see FAMILIES); Hugging Face export writes this family.
@@ -77,6 +80,7 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: str = "none"
+  attention: str = "auto"
   family: str = "llama"
   norm: str = "rms"
   norm_scale_offset: float = 0.0
@@ -105,6 +109,7 @@ class ModelConfig:
       if getattr(self, name) not in valid:
         raise ValueError(f"unknown ModelConfig.{name} {getattr(self, name)!r}; valid: {list(valid)}")
     check_remat(self.remat)
+    check_attention(self.attention)
     if self.rope_scaling:
       scaling = dict(self.rope_scaling)
       if scaling.get("rope_type") not in ROPE_TYPES:

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rlhf_jax.models.attention import attend
 from rlhf_jax.models.layers import (MLP, LayerNorm, RMSNorm, apply_rope, einsum_f32, make_norm,
                                     param, zeros)
 from rlhf_jax.models.lora import project
@@ -38,7 +39,6 @@ __all__ = ["Attention", "Block", "LayerCache", "LayerNorm", "MLP", "RMSNorm", "T
            "apply_rope", "positions_from_mask"]
 
 LayerCache = dict[str, jax.Array]  # {'k': [B, L, K, H], 'v': [B, L, K, H]}
-_MASKED = -1e30
 
 
 def positions_from_mask(mask_BxS: jax.Array) -> jax.Array:
@@ -48,8 +48,8 @@ def positions_from_mask(mask_BxS: jax.Array) -> jax.Array:
 
 class Attention(nnx.Module):
   """Grouped-query attention (Ainslie et al. 2023): n_heads query heads share n_kv_heads key/value
-  heads; softmax(q k^T / sqrt(head_dim) + mask) v, optional biases on q/k/v and the output.
-  Projections add their LoRA adapters when attached (models/lora.py)."""
+  heads; softmax(q k^T / sqrt(head_dim) + mask) v (fused: models/attention.py), optional biases
+  on q/k/v and the output. Projections add their LoRA adapters when attached (models/lora.py)."""
 
   LORA_TARGETS = {"wq": 1, "wk": 1, "wv": 1, "wo": 2}  # weight -> leading input dims (lora.py)
 
@@ -84,7 +84,6 @@ class Attention(nnx.Module):
       q_BxSxNxH = apply_rope(q_BxSxNxH, positions_BxS, cfg.rope_theta, cfg.rope_scaling)
       k_BxSxKxH = apply_rope(k_BxSxKxH, positions_BxS, cfg.rope_theta, cfg.rope_scaling)
 
-    s = x_BxSxD.shape[1]
     if cache is None:
       keys_BxLxKxH, values_BxLxKxH, new_cache = k_BxSxKxH, v_BxSxKxH, None
     else:
@@ -94,22 +93,9 @@ class Attention(nnx.Module):
       values_BxLxKxH = jax.lax.dynamic_update_slice(cache["v"],
                                                     v_BxSxKxH.astype(cache["v"].dtype), start)
       new_cache = {"k": keys_BxLxKxH, "v": values_BxLxKxH}
-    length = keys_BxLxKxH.shape[1]
-
-    b, _, n, h = q_BxSxNxH.shape
-    kh = cfg.n_kv_heads
-    q_BxSxKxGxH = q_BxSxNxH.reshape(b, s, kh, n // kh, h)
-    scores_BxKxGxSxL = einsum_f32("bskgh,blkh->bkgsl", q_BxSxKxGxH,
-                                  keys_BxLxKxH.astype(dt)) * (h ** -0.5)
-    q_slot_S = cache_index + jnp.arange(s)
-    allowed_BxSxL = (kv_mask_BxL[:, None, :].astype(bool)
-                     & (jnp.arange(length)[None, :] <= q_slot_S[:, None])[None])
-    if segment_ids_BxS is not None:  # packed rows: no attention across examples (no cache)
-      allowed_BxSxL = allowed_BxSxL & (segment_ids_BxS[:, :, None] == segment_ids_BxS[:, None, :])
-    scores_BxKxGxSxL = jnp.where(allowed_BxSxL[:, None, None], scores_BxKxGxSxL, _MASKED)
-    probs = jax.nn.softmax(scores_BxKxGxSxL, axis=-1).astype(dt)
-    out_BxSxKxGxH = jnp.einsum("bkgsl,blkh->bskgh", probs, values_BxLxKxH.astype(dt))
-    out_BxSxNxH = out_BxSxKxGxH.reshape(b, s, n, h)
+    out_BxSxNxH = attend(q_BxSxNxH, keys_BxLxKxH, values_BxLxKxH, kv_mask_BxL=kv_mask_BxL,
+                         cache_index=cache_index, segment_ids_BxS=segment_ids_BxS,
+                         cached=cache is not None, implementation=cfg.attention)
     y_BxSxD = project(self, "wo", "bsnh,nhd->bsd", out_BxSxNxH)
     if cfg.attn_out_bias:
       y_BxSxD = y_BxSxD + self.bo[...].astype(dt)

@@ -25,12 +25,14 @@ COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def apply_model_options(model_cfg: models.ModelConfig, config) -> models.ModelConfig:
-  """model_cfg with the run's numerics options: config.model.remat (if the config has it).
+  """model_cfg with the run's runtime options: config.model.remat and config.model.attention
+  (where the config has them).
 
   Runtime options only: a checkpoint's shapes and its stored compute dtype are kept."""
   check_compute_dtype(model_cfg.dtype)
-  remat = config.model.get("remat", None) if "model" in config else None
-  return dataclasses.replace(model_cfg, remat=remat) if remat else model_cfg
+  model = config.model if "model" in config else {}
+  options = {k: model[k] for k in ("remat", "attention") if model.get(k, None)}
+  return dataclasses.replace(model_cfg, **options) if options else model_cfg
 
 
 def check_compute_dtype(name: str) -> None:
