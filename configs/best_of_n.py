@@ -4,17 +4,22 @@
       --config.init.from_workdir=runs/sft_enum --config.bon.n=16
   python -m rlhf_jax.main --config=configs/best_of_n.py:rejection_sampling --workdir=runs/rs \\
       --config.init.from_workdir=runs/sft
-Variants: `test`, `enumerable` (exact best-of-n KL and gold), `rejection_sampling` (select the
-best per prompt, then SFT on them), `learned` (reward from reward.from_workdir).
 """
 
 import ml_collections
 
 from rlhf_jax import configlib, defaults
 
+VARIANTS = {
+    "enumerable": "the enumerable world: exact best-of-n KL and gold reward",
+    "rejection_sampling": "select the best sample per prompt, then SFT on them",
+    "learned": "reward from the reward model in reward.from_workdir",
+    "test": "seconds-long, for tests",
+}
+
 
 def get_config(arg=None):
-  variants = configlib.parse_variants(arg, {"test", "enumerable", "rejection_sampling", "learned"})
+  variants = configlib.parse_variants(arg, VARIANTS)
   c = defaults.base_config()
   c.stage = "best_of_n"
   if "enumerable" in variants:

@@ -3,17 +3,23 @@
   python -m rlhf_jax.main --config=configs/sft.py:enumerable --workdir=runs/sft_enum
   python -m rlhf_jax.main --config=configs/dpo.py --workdir=runs/dpo \\
       --config.init.from_workdir=runs/sft_enum --config.loss.name=ipo --config.loss.beta=0.5
-Variants: `test` (seconds), `bt` (labels sampled from the Bradley-Terry model of the gold reward,
-whose DPO optimum is π* ∝ π_ref·exp(gold/β)), `arithmetic` (correct vs near-miss answers).
 """
 
 import ml_collections
 
 from rlhf_jax import configlib, defaults
 
+VARIANTS = {
+    "bt": "labels sampled from the Bradley-Terry model of the gold reward "
+          "(DPO optimum π* ∝ π_ref·exp(gold/β))",
+    "arithmetic": "the arithmetic task's correct vs near-miss answers",
+    "on_policy": "pairs sampled from the SFT policy (bon.n per prompt), best vs worst by reward",
+    "test": "seconds-long, for tests",
+}
+
 
 def get_config(arg=None):
-  variants = configlib.parse_variants(arg, {"test", "bt", "arithmetic", "on_policy"})
+  variants = configlib.parse_variants(arg, VARIANTS)
   c = defaults.base_config()
   c.stage = "dpo"
   if "arithmetic" not in variants:

@@ -1,5 +1,7 @@
-"""Critic-free RL from an SFT export: GRPO by default; RLOO / REINFORCE / Dr. GRPO / DAPO by
-variant or `--config.pg.algorithm=...`.
+"""Critic-free RL from an SFT export: GRPO by default, other algorithms by variant.
+
+RLOO / REINFORCE / Dr. GRPO / DAPO / ... by variant (VARIANTS below) or
+`--config.pg.algorithm=...`.
 
   python -m rlhf_jax.main --config=configs/sft.py --workdir=runs/sft --config.train.num_steps=900
   python -m rlhf_jax.main --config=configs/grpo.py --workdir=runs/grpo --config.init.from_workdir=runs/sft
@@ -10,20 +12,27 @@ and a moderate learning rate (4e-4; 1e-3 with 4 minibatches per rollout collapse
 stronger SFT policy). Evaluation adds pass@k and maj@k of 8 samples per held-out prompt
 (eval.pass_n, eval.pass_k): in the test's 160-iteration run from a 0.338 SFT start, greedy
 accuracy 0.504, pass@1 0.228 -> 0.397, maj@8 0.279 -> 0.469, pass@8 0.746 -> 0.736.
-Variants: `test` (seconds), `enumerable` (gold reward of the enumerable world instead of the
-arithmetic verifier), `dr_grpo`, `dapo`, `rloo`, `reinforce`, `gspo`, `reinforce_pp`
-(REINFORCE++), `cispo`.
 """
 
 import ml_collections
 
 from rlhf_jax import configlib, defaults
 
+VARIANTS = {
+    "enumerable": "the enumerable world's gold reward instead of the arithmetic verifier",
+    "dr_grpo": "Dr. GRPO: no std scaling of advantages, token sums over a fixed length (Liu 2025)",
+    "dapo": "DAPO: clip-higher, token-mean loss, no KL, dynamic sampling (Yu et al. 2025)",
+    "gspo": "GSPO: sequence-level importance ratio and clipping",
+    "rloo": "RLOO: leave-one-out baseline within each group, token-mean loss, k1 KL",
+    "reinforce": "REINFORCE with a batch-mean baseline, token-mean loss, k1 KL",
+    "reinforce_pp": "REINFORCE++: KL in the per-token reward, batch-whitened returns (Hu 2025)",
+    "cispo": "CISPO: clipped IS weight, gradients through every token (MiniMax-M1 2025)",
+    "test": "seconds-long, for tests",
+}
+
 
 def get_config(arg=None):
-  variants = configlib.parse_variants(
-      arg, {"test", "enumerable", "dr_grpo", "dapo", "rloo", "reinforce", "gspo", "reinforce_pp",
-            "cispo"})
+  variants = configlib.parse_variants(arg, VARIANTS)
   c = defaults.base_config()
   c.stage = "policy_gradient"
   if "enumerable" in variants:

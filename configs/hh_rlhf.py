@@ -1,18 +1,16 @@
-"""RLHF on Anthropic's HH-RLHF preferences (real text): SFT on the chosen dialogues → reward model
-→ DPO and PPO against the reward model, with a tiny model from scratch and a sentencepiece
-tokenizer trained on the data. Minutes on 2 CPU cores.
+"""RLHF on Anthropic's HH-RLHF preferences: SFT → reward model → DPO and PPO, tiny model.
+
+SFT on the chosen dialogues → reward model → DPO and PPO against the reward model, with a tiny
+model from scratch and a sentencepiece tokenizer trained on the data. Minutes on 2 CPU cores.
 
 The data is the TFDS builder `hh_rlhf` (rlhf_jax/data/hh_rlhf.py): give the directory holding
 `<subset>/<split>.jsonl.gz` (github.com/anthropics/hh-rlhf) with --config.data.manual_dir
 (without one, TFDS downloads the files).
   python -m rlhf_jax.main --config=configs/hh_rlhf.py --workdir=runs/hh \\
       --config.data.manual_dir=/path/to/hh-rlhf
-Variants:
-  sample  a directory with only the `test` split (e.g. a sample of harmless-base): train on it,
-          with a seeded 10 % held out (data.split_seed)
-  hf      start SFT from a Hugging Face checkpoint and its tokenizer and chat template:
-          --config.sft.model.hf_path=/path/to/checkpoint (required)
-  test    seconds-long, for tests
+`:sample` is for a directory with only the `test` split (e.g. a sample of harmless-base): it
+trains on that split with a seeded 10 % held out (data.split_seed). `:hf` starts SFT from a
+Hugging Face checkpoint, its tokenizer and chat template: --config.sft.model.hf_path=/path/to/it.
 Each step's own fields are overridable as usual (--config.ppo.kl.coef=0.1).
 """
 
@@ -21,6 +19,12 @@ import ml_collections
 from rlhf_jax import configlib
 
 SUBSET = "harmless-base"
+
+VARIANTS = {
+    "sample": "data.manual_dir holds only the test split: train on it, a seeded 10 % held out",
+    "hf": "SFT from a Hugging Face checkpoint and its tokenizer (sft.model.hf_path, required)",
+    "test": "seconds-long, for tests",
+}
 
 
 def _data(c, variants) -> None:
@@ -47,7 +51,7 @@ def _steps(c, num_steps, eval_every, test: bool) -> None:
 
 
 def get_config(arg=None):
-  variants = configlib.parse_variants(arg, {"test", "sample", "hf"})
+  variants = configlib.parse_variants(arg, VARIANTS)
   test = "test" in variants
   c = ml_collections.ConfigDict()
   c.stage = "recipe"

@@ -5,16 +5,17 @@ gold-labelled pairs, then PPO against the learned reward with a KL penalty, eval
 (gold reward and KL to the SFT policy). Minutes on 2 CPU cores.
   python -m rlhf_jax.main --config=configs/instructgpt.py --workdir=runs/instructgpt
   python -m rlhf_jax.main --config=configs/instructgpt.py --workdir=runs/igpt --config.ppo.kl.coef=0.1
-Variants: `test` (seconds, for tests).
 """
 
 import ml_collections
 
 from rlhf_jax import configlib
 
+VARIANTS = {"test": "seconds-long run of every stage, for tests"}
+
 
 def get_config(arg=None):
-  variants = configlib.parse_variants(arg, {"test"})
+  variants = configlib.parse_variants(arg, VARIANTS)
   test = ",test" if "test" in variants else ""
   c = ml_collections.ConfigDict()
   c.stage = "recipe"

@@ -2,7 +2,6 @@
 
   python experiments/overoptimization.py --config=configs/overoptimization.py \\
       --workdir=runs/overopt --results=experiments/results/overoptimization
-Variants: `test` (a ≤ 3 minute version for tests/experiments: fewer proxies, steps and runs).
 Any field can be overridden: --config.ppo.steps=40, --config.proxy.pairs="(512, 4096)".
 
 Proxies: one reward model per (shape, pairs) of the grid (`proxy.grid`: "full" = every shape at
@@ -16,6 +15,8 @@ import ml_collections
 
 from rlhf_jax import configlib
 
+VARIANTS = {"test": "a ≤ 3 minute version for tests: fewer proxies, steps and runs"}
+
 SHAPES = {
     # name: ModelConfig fields (vocab from the tokenizer). Sizes grow ~4x per step.
     "xs": dict(d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=8, d_ff=32),
@@ -26,7 +27,7 @@ SHAPES = {
 
 
 def get_config(arg=None):
-  variants = configlib.parse_variants(arg, {"test"})
+  variants = configlib.parse_variants(arg, VARIANTS)
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.data_dir = ""                      # default: <workdir>/data (shared by every stage)

@@ -2,19 +2,23 @@
 
   python -m rlhf_jax.main --config=configs/sft.py:enumerable --workdir=runs/sft_enum
   python -m rlhf_jax.main --config=configs/ppo.py --workdir=runs/ppo --config.init.from_workdir=runs/sft_enum
-Variants: `test` (seconds), `adaptive` (Ziegler et al. adaptive KL controller toward kl.target),
-`learned` (reward from reward.from_workdir), `shared` (value head on the policy's backbone),
-`arithmetic` (the verifier task).
 """
 
 import ml_collections
 
 from rlhf_jax import configlib, defaults
 
+VARIANTS = {
+    "adaptive": "adaptive KL controller toward kl.target (Ziegler et al. 2019)",
+    "learned": "reward from the reward model in reward.from_workdir instead of gold",
+    "shared": "value head on the policy's backbone instead of a separate critic",
+    "arithmetic": "the arithmetic task and its verifier instead of the enumerable world",
+    "test": "seconds-long, for tests",
+}
+
 
 def get_config(arg=None):
-  variants = configlib.parse_variants(
-      arg, {"test", "adaptive", "learned", "shared", "arithmetic"})
+  variants = configlib.parse_variants(arg, VARIANTS)
   c = defaults.base_config()
   c.stage = "ppo"
   if "arithmetic" not in variants:

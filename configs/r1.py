@@ -1,4 +1,5 @@
-"""The DeepSeek-R1 recipe (DeepSeek-AI 2025) at toy scale, on the arithmetic task:
+"""The DeepSeek-R1 recipe (DeepSeek-AI 2025) at toy scale, on the arithmetic task.
+
 SFT (cold start) → GRPO with a verifier → rejection sampling (keep verified-correct samples,
 SFT on them) → a final round of RL. The paper's last stage mixes rule-based and model rewards
 over many prompt types; this toy world has one task, so the final round is GRPO with the verifier
@@ -9,16 +10,17 @@ Each stage shows its effect on held-out greedy verifier accuracy. Measured on a 
 (Zen 3) from a 900-step SFT policy (the test's, tests/stages/test_arithmetic_rl.py): 0.350 →
 GRPO 0.576 (pass@8 0.758 → 0.782) → rejection sampling 0.674 → final RL 0.714; the three stages
 after SFT took 8 min 29 s wall while another recipe ran beside them.
-Variants: `test` (seconds, for tests).
 """
 
 import ml_collections
 
 from rlhf_jax import configlib
 
+VARIANTS = {"test": "seconds-long run of every stage, for tests"}
+
 
 def get_config(arg=None):
-  variants = configlib.parse_variants(arg, {"test"})
+  variants = configlib.parse_variants(arg, VARIANTS)
   test = ":test" if "test" in variants else ""
   c = ml_collections.ConfigDict()
   c.stage = "recipe"

@@ -3,10 +3,8 @@
   python -m rlhf_jax.main --config=configs/sft.py:enumerable --workdir=runs/sft_enum
   python -m rlhf_jax.main --config=configs/reward_model.py --workdir=runs/rm \\
       --config.init.from_workdir=runs/sft_enum
-Variants: `test` (seconds), `ensemble` (4 members on 80% subsets), `arithmetic` (the arithmetic
-task's correct-vs-near-miss pairs), `plackett_luce` (a Plackett-Luce RM on rankings of K = 4
-π_ref samples per prompt by gold, the enumerable world's "ranked" records; K is
-task.params.num_completions). Loss by name: --config.loss.name=bradley_terry (with
+`:plackett_luce` trains on the enumerable world's "ranked" records: K = 4 π_ref samples per
+prompt ranked by gold (K is task.params.num_completions). Loss by name: --config.loss.name=bradley_terry (with
 --config.loss.margin, --config.loss.centering_coef) or plackett_luce (ranked data; on the
 enumerable world, whose task makes ranked records).
 """
@@ -15,9 +13,16 @@ import ml_collections
 
 from rlhf_jax import configlib, defaults
 
+VARIANTS = {
+    "ensemble": "an ensemble of 4 members, each on an 80 % subset of the pairs",
+    "arithmetic": "the arithmetic task's correct vs near-miss pairs",
+    "plackett_luce": "a Plackett-Luce RM on gold rankings of 4 samples per prompt (enumerable)",
+    "test": "seconds-long, for tests",
+}
+
 
 def get_config(arg=None):
-  variants = configlib.parse_variants(arg, {"test", "ensemble", "arithmetic", "plackett_luce"})
+  variants = configlib.parse_variants(arg, VARIANTS)
   c = defaults.base_config()
   c.stage = "reward_model"
   if "arithmetic" not in variants:

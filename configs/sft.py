@@ -1,16 +1,21 @@
 """Supervised fine-tuning of a tiny Llama-style model on a built-in task.
 
-Variants (comma-separated after the colon): `test` (seconds, for tests), `small` (bigger model),
-`enumerable` (the enumerable preference world instead of arithmetic).
   python -m rlhf_jax.main --config=configs/sft.py --workdir=runs/sft
   python -m rlhf_jax.main --config=configs/sft.py:enumerable --workdir=runs/sft_enum
+Variants (VARIANTS below) go comma-separated after the colon, e.g. `:enumerable,test`.
 """
 
 from rlhf_jax import configlib, defaults
 
+VARIANTS = {
+    "small": "the `small` model preset instead of `tiny`",
+    "enumerable": "the enumerable preference world instead of arithmetic",
+    "test": "seconds-long, for tests",
+}
+
 
 def get_config(arg=None):
-  variants = configlib.parse_variants(arg, {"test", "small", "enumerable"})
+  variants = configlib.parse_variants(arg, VARIANTS)
   c = defaults.base_config()
   c.stage = "sft"
   if "small" in variants:

@@ -9,15 +9,16 @@ from abstract shapes only (no parameters allocated), on 8 simulated CPU devices:
       --config=configs/sft_1b.py
 
 The vocabulary comes from the run's tokenizer (a toy task's is small); aot_memory.py uses the
-preset's 128,256. Variant `lora`: rank-16 adapters on every projection instead of full
-fine-tuning.
+preset's 128,256.
 """
 
 from rlhf_jax import configlib, defaults
 
+VARIANTS = {"lora": "rank-16 LoRA adapters on every projection instead of full fine-tuning"}
+
 
 def get_config(arg=None):
-  variants = configlib.parse_variants(arg, {"lora"})
+  variants = configlib.parse_variants(arg, VARIANTS)
   c = defaults.base_config()
   c.stage = "sft"
   c.model.preset = "1b"

@@ -1,4 +1,5 @@
-"""The Tülu 3 recipe (Lambert et al. 2024) at toy scale, on the arithmetic task:
+"""The Tülu 3 recipe (Lambert et al. 2024) at toy scale, on the arithmetic task.
+
 SFT → DPO on on-policy pairs → RL with verifiable rewards (RLVR, GRPO).
 
   python -m rlhf_jax.main --config=configs/tulu3.py --workdir=runs/tulu3
@@ -12,16 +13,17 @@ SFT policy, correct vs wrong (prompts whose samples all tie are dropped and coun
 reward model as the judge does not work here: a tiny RM trained on correct-vs-near-miss pairs
 stays near chance (held-out pair accuracy 0.48 → 0.51 in 600 steps), and DPO on its rankings
 lowered the policy's accuracy.
-Variants: `test` (seconds, for tests).
 """
 
 import ml_collections
 
 from rlhf_jax import configlib
 
+VARIANTS = {"test": "seconds-long run of every stage, for tests"}
+
 
 def get_config(arg=None):
-  variants = configlib.parse_variants(arg, {"test"})
+  variants = configlib.parse_variants(arg, VARIANTS)
   test = ",test" if "test" in variants else ""
   c = ml_collections.ConfigDict()
   c.stage = "recipe"

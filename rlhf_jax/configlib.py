@@ -1,8 +1,11 @@
 """Loading experiment configs: `configs/<name>.py[:arg]`, `--config.a.b=value` overrides, locking.
 
 A config file defines `get_config(arg: str | None) -> ml_collections.ConfigDict`; the arg string
-selects variants (`:test`, `:tiny,runlocal`). Overrides are parsed according to the type of the
-field they replace; an unknown key fails with the list of valid keys at that level.
+selects variants (`:test`, `:tiny,runlocal`). Its variants are a module-level
+`VARIANTS: dict[str, str]` (name -> one-line description) that get_config checks the arg
+against with `parse_variants(arg, VARIANTS)`; `rlhf-jax configs` lists them with the first line
+of the module docstring (rlhf_jax/configlist.py). Overrides are parsed according to the type of
+the field they replace; an unknown key fails with the list of valid keys at that level.
 """
 
 from __future__ import annotations
@@ -10,9 +13,20 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+import types
 from typing import Any, Iterable, Sequence
 
 import ml_collections
+
+
+def load_module(path: str) -> types.ModuleType:
+  """Executes the config file `path` as a module (defining get_config, VARIANTS, ...) without
+  calling get_config."""
+  name = "rlhf_jax_config_" + os.path.splitext(os.path.basename(path))[0]
+  module_spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
@@ -20,10 +34,7 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"config file {path!r} not found (from --config={spec})")
-  name = "rlhf_jax_config_" + os.path.splitext(os.path.basename(path))[0]
-  module_spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  module = load_module(path)
   if not hasattr(module, "get_config"):
     raise ValueError(f"config file {path!r} defines no get_config(arg)")
   config = module.get_config(arg or None)
@@ -38,7 +49,8 @@ def sub_config(recipe_file: str, spec: str) -> ml_collections.ConfigDict:
 
 
 def parse_variants(arg: str | None, valid: Iterable[str]) -> set[str]:
-  """Splits a comma-separated arg string into variant names, rejecting unknown ones."""
+  """Splits a comma-separated arg string into variant names, rejecting unknown ones. `valid`: the
+  names, e.g. the config file's VARIANTS dict (its keys)."""
   valid = set(valid)
   got = {a.strip() for a in (arg or "").split(",") if a.strip()}
   unknown = got - valid

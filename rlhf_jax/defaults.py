@@ -73,6 +73,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.distributed = ml_collections.ConfigDict({"enabled": False, "coordinator_address": "",
                                              "num_processes": 0, "process_id": -1})
   c.logical_axis_rules = tuple((name, target) for name, target in DEFAULT_RULES)
+  # Optional Weights & Biases sink beside metrics.jsonl and TensorBoard (train/wandb_sink.py;
+  # pip install -e ".[wandb]"). mode: online | offline (under <workdir>/wandb, `wandb sync`).
+  c.logging = ml_collections.ConfigDict({"wandb": ml_collections.ConfigDict({
+      "enabled": False, "project": "rlhf-jax", "entity": "", "mode": "online", "name": "",
+      "group": ""})})
   c.optimizer = ml_collections.ConfigDict({
       "name": "adamw", "lr": 3e-3, "schedule": "cosine", "warmup_steps": 20,
       "end_lr_fraction": 0.1, "weight_decay": 0.0, "b1": 0.9, "b2": 0.95, "eps": 1e-8,

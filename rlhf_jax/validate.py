@@ -31,6 +31,7 @@ from rlhf_jax.parallel import mesh as mesh_lib, sharding
 from rlhf_jax.rl import algorithms as rl_algorithms
 from rlhf_jax.train import dpo as dpo_steps
 from rlhf_jax.train import reward_model as rm_steps
+from rlhf_jax.train import wandb_sink
 
 _MISSING = object()
 
@@ -43,6 +44,7 @@ CHOICES: tuple[tuple[str, str, str], ...] = (
     ("optimizer.name", "train.optimizer", "OPTIMIZERS"),
     ("optimizer.schedule", "train.optimizer", "SCHEDULES"),
     ("train.nonfinite", "train.nonfinite", "MODES"),
+    ("logging.wandb.mode", "train.wandb_sink", "MODES"),
     ("model.preset", "models", "PRESETS"),
     ("model.family", "models", "FAMILIES"),
     ("model.dtype", "train.precision", "COMPUTE_DTYPES"),
@@ -432,6 +434,7 @@ def _check_stage(config, prefix: str) -> None:
     _check_reward_functions(config, prefix)
   if "model" in config:
     check_hf_path(config, prefix)
+  wandb_sink.check(config)
 
 
 def validate(config) -> None:

@@ -40,6 +40,7 @@ SLOWEST_FIRST = (
     "foundation/test_multihost.py",           # ~185 s
     "scale/test_lora_stages.py",              # ~150 s
     "foundation/test_sft_stage.py",           # ~100 s
+    "experiments/test_bench_accelerator.py",  # ~90 s (a subprocess compiling every path)
     "generation/test_generation.py",          # ~60 s
 )
 

@@ -1,11 +1,16 @@
-"""Fused scaled dot-product attention with the decoder's masks, through
-`jax.nn.dot_product_attention`.
+"""Scaled dot-product attention with the decoder's masks: cuDNN's fused flash attention through
+`jax.nn.dot_product_attention` on GPUs, einsums in XLA elsewhere.
 
   out = softmax(q k^T / sqrt(H) + mask) v      (Vaswani et al. 2017), per query head, with
   grouped-query attention (Ainslie et al. 2023): query head n reads key/value head n // (N / K).
 
 Implementations (`ModelConfig.attention`):
-  xla    XLA's composition of the same einsums (any backend; CPU and the KV-cache paths).
+  xla    the einsums composed in XLA (any backend; CPU, TPU and the KV-cache paths): scores
+         accumulated in float32, the softmax in float32, probabilities cast to the compute
+         dtype. Written here rather than taken from jax.nn.dot_product_attention's XLA path,
+         whose backward multiplies the float32 score cotangent with 16-bit q / k (mixed float32
+         x bfloat16 matmuls run in float32); here the cotangent is cast back first
+         (layers.einsum_f32), so every matmul runs in the compute dtype.
   cudnn  cuDNN flash attention (Dao 2023) on NVIDIA GPUs: tiles through on-chip memory, never
          writes the [B, N, S, L] scores, and skips the blocks above the causal diagonal. Needs a
          16-bit compute dtype and head_dim a multiple of 8 (<= 128; 256 on Hopper).
@@ -13,11 +18,11 @@ Implementations (`ModelConfig.attention`):
          a KV cache, a supported head_dim and an even length), xla otherwise.
 
 Masks (transformer.py's layout): query slot i attends to key slot j iff j <= i, slot j holds a
-real token, and (packed rows) both are in the same segment. Without a cache the causal part is
-`is_causal` (the kernels make it themselves) and the rest is one boolean [B, 1, S, S] mask
-shared by all heads; with a cache the queries sit at slots cache_index + [0, S) and the whole
-[B, 1, S, L] mask is passed. A query with no allowed key (a left-padding slot) gets the mean of
-the values, as the softmax of equal scores; the decoder never reads it.
+real token, and (packed rows) both are in the same segment: one boolean [B, S, L] mask shared
+by all heads (never materialised per head). cuDNN also gets `is_causal`, so it skips the blocks
+above the diagonal. With a cache the queries sit at slots cache_index + [0, S). A query with no
+allowed key (a left-padding slot) gets the mean of the values, as the softmax of equal scores;
+the decoder never reads it.
 """
 
 from __future__ import annotations
@@ -27,8 +32,11 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from rlhf_jax.models.layers import einsum_f32
+
 IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 _CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+_MASKED = -1e30  # a masked score: exp(-1e30 - max) is 0 in float32
 
 
 def check_implementation(name: str) -> None:
@@ -72,6 +80,24 @@ def attend(q_BxSxNxH: jax.Array, k_BxLxKxH: jax.Array, v_BxLxKxH: jax.Array, *,
                                      <= q_slot_S[:, None])[None]
   if segment_ids_BxS is not None:
     allowed_BxSxL = allowed_BxSxL & (segment_ids_BxS[:, :, None] == segment_ids_BxS[:, None, :])
-  return jax.nn.dot_product_attention(
-      q_BxSxNxH, k_BxLxKxH, v_BxLxKxH, mask=allowed_BxSxL[:, None], is_causal=not cached,
-      implementation=resolve(implementation, q_BxSxNxH, cached=cached))
+  if resolve(implementation, q_BxSxNxH, cached=cached) == "cudnn":
+    return jax.nn.dot_product_attention(q_BxSxNxH, k_BxLxKxH, v_BxLxKxH,
+                                        mask=allowed_BxSxL[:, None], is_causal=True,
+                                        implementation="cudnn")
+  if not cached:  # causal: key j <= query i
+    length = q_BxSxNxH.shape[1]
+    allowed_BxSxL = allowed_BxSxL & jnp.tril(jnp.ones((length, length), bool))[None]
+  return _xla(q_BxSxNxH, k_BxLxKxH, v_BxLxKxH, allowed_BxSxL)
+
+
+def _xla(q_BxSxNxH, k_BxLxKxH, v_BxLxKxH, allowed_BxSxL):
+  """Grouped-query attention as einsums over [B, K, G, S, L] scores (G = N / K query heads per
+  key/value head), the mask broadcast over the heads."""
+  b, s, n, h = q_BxSxNxH.shape
+  k = k_BxLxKxH.shape[2]
+  q_BxSxKxGxH = q_BxSxNxH.reshape(b, s, k, n // k, h)
+  scores_BxKxGxSxL = einsum_f32("bskgh,blkh->bkgsl", q_BxSxKxGxH, k_BxLxKxH) * (h ** -0.5)
+  scores_BxKxGxSxL = jnp.where(allowed_BxSxL[:, None, None], scores_BxKxGxSxL, _MASKED)
+  probs = jax.nn.softmax(scores_BxKxGxSxL, axis=-1).astype(q_BxSxNxH.dtype)
+  out_BxSxKxGxH = jnp.einsum("bkgsl,blkh->bskgh", probs, v_BxLxKxH)
+  return out_BxSxKxGxH.reshape(b, s, n, h)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from rlhf_jax.models.attention import check_implementation as check_attention
 from rlhf_jax.models.remat import check_remat
 
 NORMS = ("rms", "layer")
@@ -109,7 +108,9 @@ class ModelConfig:
       if getattr(self, name) not in valid:
         raise ValueError(f"unknown ModelConfig.{name} {getattr(self, name)!r}; valid: {list(valid)}")
     check_remat(self.remat)
-    check_attention(self.attention)
+    # imported here: attention.py imports layers.py, which imports this module
+    from rlhf_jax.models import attention  # pylint: disable=g-import-not-at-top
+    attention.check_implementation(self.attention)
     if self.rope_scaling:
       scaling = dict(self.rope_scaling)
       if scaling.get("rope_type") not in ROPE_TYPES:

@@ -10,7 +10,9 @@
   4. learn     advantages -> K epochs of minibatch updates -> KL control, one jitted function
                (rl/learn.py) with the algorithm of rl/algorithms.py
 The loop (train/loop.py) calls it as its step; β lives in the train state (`RLState.control`), so
-a checkpoint holds everything a resume needs besides the prompt iterator's position.
+a checkpoint holds everything a resume needs besides the prompt iterator's position. Each
+iteration logs its analytic FLOPs per part (flops/generation, flops/scoring, flops/update:
+rl/flops.py) and keeps their sum as `iteration.last_flops` for the loop's tflops_per_sec and mfu.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 
 from rlhf_jax.parallel import sharding as sharding_lib
 from rlhf_jax.rewards import functions as reward_fns
-from rlhf_jax.rl import learn as learn_lib, rollout as rollout_lib
+from rlhf_jax.rl import flops as flops_lib, learn as learn_lib, rollout as rollout_lib
 from rlhf_jax.rl.learn import RLState
 from rlhf_jax.rl.rollout import Rollout
 from rlhf_jax.rl.setup import Setup
@@ -89,6 +91,7 @@ class Collected:
   parts: dict
   lengths: np.ndarray
   seconds: dict
+  flops: dict           # analytic FLOPs of the round's generation and scoring (rl/flops.py)
 
 
 def informative(scores: list[np.ndarray], group_size: int) -> np.ndarray:
@@ -138,6 +141,8 @@ def make_iteration(s: Setup, config, *, model: learn_lib.Model, learn_fn: Callab
       value_fn=model.value_fn, rm_graphdef=s.rm_graphdef,
       rm_combine=config.reward.ensemble_combine, rm_lambda=config.reward.ensemble_lambda,
       rescore_policy=rescore_policy(config, s))
+  counter = flops_lib.for_run(s, config, critic=model.value_fn is not None,
+                             rescore_policy=rescore_policy(config, s))
   dynamic = bool(config.rl.get("dynamic_sampling", False))
   max_rounds = int(config.rl.get("max_sampling_rounds", 1)) if dynamic else 1
   prompts = int(config.rl.prompts_per_step)
@@ -184,9 +189,12 @@ def make_iteration(s: Setup, config, *, model: learn_lib.Model, learn_fn: Callab
         group_B=group_ids(rows),
         rewards={k: rollout_lib.to_device(np.asarray(v, np.float32), s.mesh)
                  for k, v in parts.items()})
+    p, t = pt.shape[1], tokens.shape[1]  # the decode loop ran as many steps as the longest row
+    work = {"generation": counter.generation(rows, p, int(mask.sum(1).max(initial=0))),
+            "scoring": counter.scoring(rows, p, t)}
     return Collected(rollout, scores, gold, parts, mask.sum(1),
                      {"generation": t1 - t0, "scoring": t2 - t1,
-                      "rewards": time.perf_counter() - t2})
+                      "rewards": time.perf_counter() - t2}, work)
 
   def gather(state, batch, rng) -> tuple[Collected, dict]:
     """One round, or (dynamic sampling) rounds until `prompts` groups carry signal."""
@@ -205,8 +213,9 @@ def make_iteration(s: Setup, config, *, model: learn_lib.Model, learn_fn: Callab
     gold = None if first.gold is None else cat([r.gold for r in rounds])
     parts = {k: cat([r.parts[k] for r in rounds]) for k in first.parts}
     seconds = {k: sum(r.seconds[k] for r in rounds) for k in first.seconds}
+    work = {k: sum(r.flops[k] for r in rounds) for k in first.flops}
     return Collected(picked, cat([r.scores for r in rounds]), gold, parts,
-                     cat([r.lengths for r in rounds]), seconds), stats
+                     cat([r.lengths for r in rounds]), seconds, work), stats
 
   def iteration(state, batch, rng):
     k_gen, k_upd = jax.random.split(rng)
@@ -220,11 +229,18 @@ def make_iteration(s: Setup, config, *, model: learn_lib.Model, learn_fn: Callab
     jax.block_until_ready(state)
     t4 = time.perf_counter()
     generated = float(c.lengths.sum())
+    rows, p = rollout.prompt_tokens_BxP.shape
+    ptx = rollout.extra.get("ptx_tokens")
+    ptx_shape = (None if ptx is None else
+                 (ptx.shape[0], rollout.extra["ptx_prompt_tokens"].shape[1], ptx.shape[1]))
+    work = {**c.flops, "update": counter.update(rows, p, rollout.tokens_BxT.shape[1], ptx_shape)}
+    iteration.last_flops = float(sum(work.values()))
     metrics = {**metrics, **stats,
                "completion_length": generated / len(c.lengths),
                **{f"time/{k}": v for k, v in c.seconds.items()},
                "time/update": t4 - t3, "time/iteration": t4 - t0,
-               "generation_tokens_per_sec": generated / max(c.seconds["generation"], 1e-9)}
+               "generation_tokens_per_sec": generated / max(c.seconds["generation"], 1e-9),
+               **{f"flops/{k}": v for k, v in work.items()}}
     if c.gold is not None:
       metrics["gold_reward"] = float(np.mean(c.gold))
     metrics.update({f"reward/{k}": float(np.mean(v)) for k, v in c.parts.items()})
@@ -232,6 +248,7 @@ def make_iteration(s: Setup, config, *, model: learn_lib.Model, learn_fn: Callab
     return state, metrics
 
   iteration.jitted = {"generate": generate_fn.jitted, "score": score_fn, "learn": learn_fn}
+  iteration.last_flops = 0.0  # the analytic FLOPs of the latest call (all processes)
   iteration.score_fn = score_fn
   return iteration
 

@@ -32,6 +32,7 @@ class Setup:
   rm_graphdef: Any
   columns: dict = dataclasses.field(default_factory=dict)  # split -> {column: [per prompt]}
   functions: Any = None    # rewards/registry.RewardFunctions or None
+  rm_config: Any = None    # the learned reward model's ModelConfig (its FLOPs), or None
 
   def rewards(self, config, split: str, index, completions: list[str], rm_scores=None):
     """(reward_B, gold_B or None, {function name: raw score_B}) of decoded completions of the

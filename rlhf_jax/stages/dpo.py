@@ -10,6 +10,11 @@ config.lora.rank > 0: the policy trains LoRA adapters on the frozen SFT weights 
 the reference is the SFT export itself, and the export is the plain LM with the adapters merged.
 config.train.microbatches: gradient accumulation (train/microbatch.py). config.model.remat:
 per-block rematerialisation of the policy in training (not exported).
+
+train/tflops_per_sec and train/mfu count, per step, a training step of the policy over the
+padded chosen and rejected [B, P + T] rows, the LM head at the T completion positions only
+(models/flops.score_flops; about 2x the forward instead of 3x with LoRA). The reference's
+log-probs are computed once before training (`reference_logps`), not in the step: not counted.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import jax
 import numpy as np
 
 from rlhf_jax.data import pipeline, tokenizer as tokenizer_lib
+from rlhf_jax.models import flops
 from rlhf_jax.parallel import distributed
 from rlhf_jax.stages import common
 from rlhf_jax.train import dpo as dpo_steps, export, lora, loop, optimizer as optimizer_lib
@@ -143,8 +149,19 @@ def train_iterator(config, arrays):
       process_index=jax.process_index(), process_count=jax.process_count()))
 
 
+def step_flops(model_cfg, batch: dict, prompt_len: int, *, frozen: bool) -> float:
+  """Model FLOPs of a train step on `batch`: chosen and rejected scored and differentiated."""
+  total = 0.0
+  for side in ("chosen", "rejected"):
+    rows, width = batch[f"{side}_tokens"].shape
+    total += flops.backward_factor(frozen) * flops.score_flops(model_cfg, rows, prompt_len,
+                                                               width - prompt_len)
+  return total
+
+
 def run(config, workdir: str) -> loop.LoopResult:
   s = prepare(config, workdir)
+  run_cfg = precision.apply_model_options(s.sft.model_config, config)
   result = loop.run(config=config, workdir=workdir, mesh=s.mesh, state=s.state,
                     state_shardings=s.shardings,
                     train_step=dpo_steps.make_train_step(
@@ -155,7 +172,10 @@ def run(config, workdir: str) -> loop.LoopResult:
                                             s.exact_eval, s.plain),
                     tokens_per_step=lambda b: int(b["chosen_mask"].sum() + b["rejected_mask"].sum()),
                     learning_rate=optimizer_lib.make_schedule(config.optimizer,
-                                                              config.train.num_steps))
+                                                              config.train.num_steps),
+                    flops_per_step=lambda b: step_flops(run_cfg, b, config.data.prompt_len,
+                                                        frozen=lora.enabled(config.lora)),
+                    compute_dtype=run_cfg.dtype)
   if result.finished:
     export.save(workdir, s.plain(result.state.params), kind="lm",
                 model_config=s.sft.model_config, tokenizer=s.tok_spec)

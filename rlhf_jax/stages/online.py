@@ -65,7 +65,7 @@ def setup(config, workdir: str) -> Setup:
   rl = config.rl
   sampling = SamplingConfig(max_new_tokens=config.data.completion_len, temperature=rl.temperature,
                             top_k=rl.top_k, top_p=rl.top_p, eos_id=tok.eos_id, pad_id=tok.pad_id)
-  rm, rm_graphdef = None, None
+  rm, rm_graphdef, rm_config = None, None, None
   rc = config.reward
   if rc.source not in reward_fns.SOURCES:
     raise ValueError(f"unknown reward.source {rc.source!r}; valid: {list(reward_fns.SOURCES)}")
@@ -75,12 +75,13 @@ def setup(config, workdir: str) -> Setup:
     loaded = export.load(rc.from_workdir, mesh, rules, kind="scalar")
     norm = loaded.extra.get("normalization") if rc.normalize else None
     rm, rm_graphdef = rollout_lib.RewardModel(loaded.params, norm), loaded.graphdef
+    rm_config = loaded.model_config
   functions = registry.check(rc) if "functions" in rc else None
   if rc.source == "gold" and not hasattr(task, "gold_reward"):
     raise ValueError(f"reward.source='gold': the data (data.source={config.data.source!r}) has "
                      "no gold reward; use reward.source='learned' or 'functions'")
   return Setup(mesh, rules, task, tok, tok_spec, layout, sft, prompts, arrays, sampling, rm,
-               rm_graphdef, columns, functions)
+               rm_graphdef, columns, functions, rm_config=rm_config)
 
 
 def make_policy(config, s: Setup, tx) -> lora.Adapted:
@@ -103,9 +104,16 @@ def check_no_microbatches(config, minibatches_field: str) -> None:
 
 
 def run(config, workdir: str, s: Setup, b: engine.Built) -> loop.LoopResult:
+  """The loop over the engine's iterations. Throughput: each iteration's analytic FLOPs
+  (rl/flops.py; the iteration knows them once it ran: rounds, completion lengths), this
+  process's share given to the loop, over the iteration's wall time, against the peak of the
+  policy's compute dtype."""
   result = loop.run(config=config, workdir=workdir, mesh=s.mesh, state=b.state,
                     state_shardings=b.shardings, train_step=b.iteration, train_iter=b.stream,
-                    evaluate=b.evaluate, jit=False, learning_rate=b.learning_rate)
+                    evaluate=b.evaluate, jit=False, learning_rate=b.learning_rate,
+                    flops_per_step=(lambda _: b.iteration.last_flops / jax.process_count())
+                    if hasattr(b.iteration, "last_flops") else None,
+                    compute_dtype=s.sft.model_config.dtype)
   if result.finished:
     export.save(workdir, b.export_params(result.state.params), kind="lm",
                 model_config=s.sft.model_config, tokenizer=s.tok_spec)

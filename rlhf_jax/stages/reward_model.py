@@ -13,6 +13,11 @@ scalar head (train/lora.py); the export has the adapters merged in, i.e. the pla
 config.train.microbatches: gradient accumulation (train/microbatch.py). config.model.remat:
 per-block rematerialisation in training, also when the backbone comes from an export (not
 exported).
+
+train/tflops_per_sec and train/mfu count, per step, E members x a training step of the scalar
+model (no LM head; its d_model x 1 head left out) over every padded row it scores: chosen and
+rejected [B, S] each, or the B x K ranked completions; with LoRA about 2x the forward instead of
+3x (models/flops.py). Rows a member's data_fraction leaves out are computed all the same.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import jax
 import numpy as np
 
 from rlhf_jax.data import pipeline, ranked as ranked_lib, tokenizer as tokenizer_lib
+from rlhf_jax.models import flops
 from rlhf_jax.rewards import learned
 from rlhf_jax.stages import common
 from rlhf_jax.train import export, lora, loop, optimizer as optimizer_lib, precision
@@ -126,12 +132,17 @@ def run(config, workdir: str) -> loop.LoopResult:
     train_step = rm_steps.make_ranked_train_step(graphdef, tx, **common_kwargs)
     evaluate = make_ranked_evaluator(graphdef, eval_arrays, mesh, config)
     tokens_per_step = lambda b: int(b["mask"].sum())
+    blocks = lambda b: [(b["tokens"].shape[0] * b["tokens"].shape[1], b["tokens"].shape[2])]
   else:
     train_step = rm_steps.make_train_step(
         graphdef, tx, **common_kwargs,
         loss_kwargs={"margin": config.loss.margin, "centering_coef": config.loss.centering_coef})
     evaluate = make_evaluator(graphdef, eval_arrays, mesh, config)
     tokens_per_step = lambda b: int(b["chosen_mask"].sum() + b["rejected_mask"].sum())
+    blocks = lambda b: [b["chosen_tokens"].shape, b["rejected_tokens"].shape]
+  frozen = lora.enabled(config.lora)
+  flops_per_step = lambda b: rc.ensemble_size * sum(  # each [rows, S] block the members score
+      flops.train_flops(run_cfg, *shape, lm_head=False, frozen=frozen) for shape in blocks(b))
   train_iter = iter(pipeline.train_dataset(
       with_index(train_arrays), global_batch=config.data.batch_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count()))
@@ -139,7 +150,8 @@ def run(config, workdir: str) -> loop.LoopResult:
                     state_shardings=shardings, train_step=train_step, train_iter=train_iter,
                     evaluate=evaluate, tokens_per_step=tokens_per_step,
                     learning_rate=optimizer_lib.make_schedule(config.optimizer,
-                                                              config.train.num_steps))
+                                                              config.train.num_steps),
+                    flops_per_step=flops_per_step, compute_dtype=run_cfg.dtype)
   if result.finished:
     params = to_plain(result.state.params)  # adapters merged: the plain scalar model
     plain_graphdef, _ = state_lib.abstract_model(make_model)

@@ -17,6 +17,12 @@ checkpoints that step and raises `preemption.Preempted`.
 
 Checkpoints: every train.checkpoint_every steps (0 = auto: a tenth of the run, so no stop loses
 more than ~10% of the steps), at the end, and on preemption.
+
+Throughput, per logging window (the steps since the last train row; evaluation and checkpoint
+time left out; the device work of the window waited for): train/tokens_per_sec (the stage's
+tokens_per_step), train/tflops_per_sec (its analytic flops_per_step, models/flops.py) and
+train/mfu = FLOP/s over the job's peak in the compute dtype (train/mfu.py; absent when the
+peak is unknown).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import numpy as np
 import tqdm
 
 from rlhf_jax.parallel import sharding as sharding_lib
-from rlhf_jax.train import checkpoint as ckpt_lib, nonfinite, preemption
+from rlhf_jax.train import checkpoint as ckpt_lib, mfu as mfu_lib, nonfinite, preemption
 from rlhf_jax.train.metrics import MetricsWriter
 
 
@@ -75,7 +81,10 @@ def checkpoint_every(train_config) -> int:
 def _show(bar, row: dict) -> None:
   shown = {k.split("/", 1)[1]: row[k] for k in ("train/loss", "train/reward",
                                                  "train/tokens_per_sec") if k in row}
-  bar.set_postfix({k: "nan" if v is None else f"{v:.4g}" for k, v in shown.items()})
+  post = {k: "nan" if v is None else f"{v:.4g}" for k, v in shown.items()}
+  if row.get("train/mfu") is not None:
+    post["mfu"] = f"{100 * row['train/mfu']:.2f}%"
+  bar.set_postfix(post)
 
 
 @dataclasses.dataclass
@@ -90,10 +99,17 @@ class LoopResult:
 def run(*, config, workdir: str, mesh, state, state_shardings, train_step: Callable,
         train_iter, evaluate: Optional[Callable[[Any], dict]] = None,
         tokens_per_step: Optional[Callable[[dict], int]] = None, jit: bool = True,
-        learning_rate: Optional[Callable[[int], float]] = None) -> LoopResult:
+        learning_rate: Optional[Callable[[int], float]] = None,
+        flops_per_step: Optional[Callable[[dict], float]] = None,
+        compute_dtype: str = "float32") -> LoopResult:
   """Runs the stage's steps. With jit=False, `train_step` is called as given (online RL: an
   iteration made of several jitted pieces and host work, which adds the non-finite flag itself)
   and `jitted_step` is that callable.
+
+  tokens_per_step / flops_per_step: this process's tokens / model FLOPs of a step, from its
+  local batch, called after the step ran (so a python step may report what it did); times
+  jax.process_count() for the job's. compute_dtype: the model's (ModelConfig.dtype), whose peak
+  train/mfu is taken against.
 
   learning_rate: the optimizer's schedule of its step count; logged as train/learning_rate at
   the state's step (the rate of the last update)."""
@@ -106,7 +122,7 @@ def run(*, config, workdir: str, mesh, state, state_shardings, train_step: Calla
     train_iter.set_state(data_state)
     logging.info("resumed from %s at step %d", ckpt.directory, start)
 
-  writer = MetricsWriter(workdir, tensorboard=tc.tensorboard, resume_step=start)
+  writer = MetricsWriter(workdir, tensorboard=tc.tensorboard, resume_step=start, config=config)
   if writer.dropped:
     logging.info("metrics.jsonl: %d rows after step %d dropped (they are logged again)",
                  writer.dropped, start)
@@ -124,7 +140,8 @@ def run(*, config, workdir: str, mesh, state, state_shardings, train_step: Calla
   if tc.eval_every <= 0:
     evaluate = None  # eval_every = 0 turns evaluation off
   last = tc.num_steps if tc.stop_at_step <= 0 else min(tc.stop_at_step, tc.num_steps)
-  window_tokens, window_start = 0, time.perf_counter()
+  peak = mfu_lib.peak_flops_per_sec(compute_dtype) if flops_per_step is not None else None
+  window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
   try:
     if preemption.should_stop(start):  # a signal arrived while the stage was being set up
       raise preemption.preempted(config.stage, start, None if restored is None
@@ -141,6 +158,8 @@ def run(*, config, workdir: str, mesh, state, state_shardings, train_step: Calla
       done = step + 1
       metrics = monitor.record(done, metrics)
       window_tokens += tokens_per_step(local_batch) * jax.process_count() if tokens_per_step else 0
+      window_flops += (float(flops_per_step(local_batch)) * jax.process_count()
+                       if flops_per_step else 0.0)
       stop = preemption.should_stop(done)
       is_eval = evaluate is not None and (done % tc.eval_every == 0 or done == last)
       is_ckpt = done % every == 0 or done == last or stop
@@ -154,16 +173,20 @@ def run(*, config, workdir: str, mesh, state, state_shardings, train_step: Calla
         finally:
           if is_log:
             row = {f"train/{k}": v for k, v in metrics.items()}
+            # the device work of the window is done: the check above waited for it
+            elapsed = max(time.perf_counter() - window_start, 1e-9)
             if tokens_per_step is not None:
-              # the device work of the window is done: the check above waited for it
-              elapsed = time.perf_counter() - window_start
-              row["train/tokens_per_sec"] = window_tokens / max(elapsed, 1e-9)
+              row["train/tokens_per_sec"] = window_tokens / elapsed
+            if flops_per_step is not None:
+              row["train/tflops_per_sec"] = window_flops / elapsed / 1e12
+              if peak is not None:
+                row["train/mfu"] = mfu_lib.mfu(window_flops, elapsed, peak)
             if learning_rate is not None:
               row["train/learning_rate"] = learning_rate(max(int(state.step) - 1, 0))
             row.update({f"train/{k}": v for k, v in monitor.metrics().items()})
             history.append(writer.write(done, row))
             _show(bar, history[-1])
-            window_tokens, window_start = 0, time.perf_counter()
+            window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
       paused = time.perf_counter()  # eval and checkpoint time is kept out of tokens/s
       if is_eval:
         history.append(writer.write(done, {f"eval/{k}": v for k, v in evaluate(state).items()}))

@@ -1,5 +1,6 @@
-"""Metrics sinks: `<workdir>/metrics.jsonl` (one JSON object per logged step, with `step`) and
-TensorBoard event files with the same keys. Only process 0 writes.
+"""Metrics sinks: `<workdir>/metrics.jsonl` (one JSON object per logged step, with `step`),
+TensorBoard event files with the same keys, and optionally a Weights & Biases run with the same
+keys (config.logging.wandb, train/wandb_sink.py). Only process 0 writes.
 
 The JSONL file is strict JSON: a non-finite value is written as `null` and the row names it in
 `nonfinite_keys` (NaN and Infinity are not JSON; strict parsers reject them). A run resumed from
@@ -18,7 +19,16 @@ from typing import Mapping, Optional
 import jax
 import numpy as np
 
+from rlhf_jax.train import wandb_sink
+
 NONFINITE_KEYS = "nonfinite_keys"
+
+
+def measures_clock(key: str) -> bool:
+  """Whether a logged key measures the wall clock (phase times, throughput, MFU), so two runs
+  that compute the same values log different ones: `[prefix/]time/...`, `...per_sec`, `.../mfu`."""
+  name = key.split("/", 1)[1] if "/" in key else key
+  return name.startswith("time/") or name.endswith("per_sec") or name == "mfu"
 
 
 def to_python(value):
@@ -73,13 +83,15 @@ def _drop_replayed(path: str, step: int) -> int:
 
 class MetricsWriter:
   """resume_step: the step this invocation starts from (the restored checkpoint's, 0 for a fresh
-  start); rows after it are dropped first. None appends to what is there."""
+  start); rows after it are dropped first. None appends to what is there. config: the run's
+  config, for the W&B sink when config.logging.wandb.enabled (None: no W&B)."""
 
   def __init__(self, workdir: str, *, tensorboard: bool = True,
-               resume_step: Optional[int] = None):
+               resume_step: Optional[int] = None, config=None):
     self.active = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tb = None
+    self._wandb = None
     self.dropped = 0
     if self.active:
       os.makedirs(workdir, exist_ok=True)
@@ -89,6 +101,10 @@ class MetricsWriter:
         from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
         purge = None if resume_step is None else resume_step + (1 if resume_step > 0 else 0)
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge)
+      w = None if config is None else wandb_sink.settings(config)
+      if w is not None:
+        self._wandb = wandb_sink.WandbSink(workdir, w, run_config=config.to_dict(),
+                                           stage=config.stage)
 
   def logged(self, key: str) -> bool:
     """Whether a row with `key` is in the file already."""
@@ -105,11 +121,15 @@ class MetricsWriter:
         if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
           self._tb.add_scalar(key, value, int(step))
       self._tb.flush()
+    if self._wandb is not None:
+      self._wandb.log(row)
     return row
 
   def close(self):
     if self._tb is not None:
       self._tb.close()
+    if self._wandb is not None:
+      self._wandb.close()
 
 
 def read_jsonl(path: str, *, strict: bool = True) -> list[dict]:

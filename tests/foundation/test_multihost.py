@@ -110,7 +110,7 @@ def test_multihost_grpo_matches_single_process(sft_single, tmp_path):
   for r1, r2 in zip(rows_1, rows_2):
     assert set(r1) == set(r2)
     for key in r1:
-      if key.startswith("train/time/") or key.endswith("per_sec"):
+      if metrics_lib.measures_clock(key):
         continue
       if key in ROLLOUT_METRICS or (key.startswith("eval/") and key != "eval/kl"):
         # Same keys, same prompts at the same positions: the same sampled and greedy tokens

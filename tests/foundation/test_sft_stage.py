@@ -114,7 +114,7 @@ def _losses(workdir):
 
 def _rows(workdir):
   """metrics.jsonl without the wall-clock figures."""
-  return [{k: v for k, v in r.items() if k != "train/tokens_per_sec"}
+  return [{k: v for k, v in r.items() if not metrics_lib.measures_clock(k)}
           for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
 
 

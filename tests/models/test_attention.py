@@ -11,6 +11,9 @@ from rlhf_jax import models
 from rlhf_jax.models import attention
 
 B, S, N, H = 3, 8, 4, 16
+# cuDNN flash attention where there is a GPU (16-bit only); XLA's everywhere.
+ON_GPU = jax.default_backend() == "gpu"
+IMPLS_16BIT = ["xla", "cudnn"] if ON_GPU else ["xla"]
 
 
 def reference(q_BxSxNxH, k_BxLxKxH, v_BxLxKxH, allowed_BxSxL):
@@ -38,11 +41,14 @@ def causal_allowed(mask_BxL, length):
   return mask_BxL[:, None, :] & jnp.tril(jnp.ones((length, length), bool))[None]
 
 
+CASES = [(jnp.float32, 1e-5, "xla")] + [(jnp.bfloat16, 3e-2, impl) for impl in IMPLS_16BIT]
+
+
 @pytest.mark.parametrize("k_heads", [4, 2, 1])  # multi-head, grouped, multi-query
-@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 3e-2)])
-def test_fused_equals_reference_with_left_padding(k_heads, dtype, tol):
+@pytest.mark.parametrize("dtype,tol,impl", CASES)
+def test_fused_equals_reference_with_left_padding(k_heads, dtype, tol, impl):
   q, k, v, mask = inputs(k_heads, dtype)
-  out = attention.attend(q, k, v, kv_mask_BxL=mask, implementation="xla")
+  out = attention.attend(q, k, v, kv_mask_BxL=mask, implementation=impl)
   want = reference(q, k, v, causal_allowed(mask, S))
   assert out.shape == (B, S, N, H) and out.dtype == dtype
   real = np.asarray(mask)  # padding queries are never read by the decoder
@@ -50,32 +56,38 @@ def test_fused_equals_reference_with_left_padding(k_heads, dtype, tol):
                              atol=tol, rtol=tol)
 
 
-def test_fused_gradients_equal_reference():
-  q, k, v, mask = inputs(2, jnp.float32)
+@pytest.mark.parametrize("dtype,tol,impl", CASES)
+def test_fused_gradients_equal_reference(dtype, tol, impl):
+  q, k, v, mask = inputs(2, dtype)
   w = jnp.asarray(np.random.default_rng(1).normal(size=(B, S, N, H)), jnp.float32)
   w = w * mask[:, :, None, None]  # a loss on the real positions only
 
   def loss(fn):
-    return lambda q, k, v: jnp.sum(fn(q, k, v) * w)
+    return lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32) * w)
 
-  fused = loss(lambda q, k, v: attention.attend(q, k, v, kv_mask_BxL=mask))
+  fused = loss(lambda q, k, v: attention.attend(q, k, v, kv_mask_BxL=mask, implementation=impl))
   plain = loss(lambda q, k, v: reference(q, k, v, causal_allowed(mask, S)))
   for got, want in zip(jax.grad(fused, (0, 1, 2))(q, k, v), jax.grad(plain, (0, 1, 2))(q, k, v)):
-    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                               atol=tol * 4, rtol=tol)
 
 
-def test_packed_rows_attend_within_their_segment():
-  q, k, v, _ = inputs(2, jnp.float32)
+@pytest.mark.parametrize("dtype,tol,impl", CASES)
+def test_packed_rows_attend_within_their_segment(dtype, tol, impl):
+  q, k, v, _ = inputs(2, dtype)
   segments = jnp.asarray([[1, 1, 1, 2, 2, 2, 2, 0], [1, 1, 1, 1, 1, 1, 1, 1],
                           [1, 2, 2, 3, 3, 3, 0, 0]])
   mask = segments > 0
-  out = attention.attend(q, k, v, kv_mask_BxL=mask, segment_ids_BxS=segments)
+  out = attention.attend(q, k, v, kv_mask_BxL=mask, segment_ids_BxS=segments,
+                         implementation=impl)
   allowed = causal_allowed(mask, S) & (segments[:, :, None] == segments[:, None, :])
   real = np.asarray(mask)
-  np.testing.assert_allclose(np.asarray(out)[real], np.asarray(reference(q, k, v, allowed))[real],
-                             atol=1e-5, rtol=1e-5)
+  out = np.asarray(out, np.float32)
+  np.testing.assert_allclose(out[real], np.asarray(reference(q, k, v, allowed))[real],
+                             atol=tol, rtol=tol)
   # Segment 1 of row 2 is one token: it attends to itself alone, so its output is its value.
-  np.testing.assert_allclose(out[2, 0], jnp.repeat(v[2, 0], 2, axis=0), atol=1e-6)
+  np.testing.assert_allclose(out[2, 0], np.asarray(jnp.repeat(v[2, 0], 2, axis=0), np.float32),
+                             atol=tol)
 
 
 def test_cache_queries_attend_to_earlier_real_slots():

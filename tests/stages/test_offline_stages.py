@@ -18,6 +18,13 @@ def _evals(workdir):
   return [r for r in rows if any(k.startswith("eval/") for k in r)]
 
 
+def _check_throughput(workdir):
+  """Every train row has the analytic FLOP rate and an MFU (of the CPU's measured peak)."""
+  rows = [r for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+          if "train/loss" in r]
+  assert rows and all(r["train/tflops_per_sec"] > 0 and 0 < r["train/mfu"] < 1 for r in rows)
+
+
 @pytest.fixture(scope="module")
 def sft_dir(tmp_path_factory):
   return stagelib.enumerable_sft(tmp_path_factory.mktemp("offline"))
@@ -39,6 +46,7 @@ def test_reward_model_learns_gold_preferences(sft_dir):
   assert meta["kind"] == "scalar" and meta["extra"]["ensemble_size"] == 2
   norm = meta["extra"]["normalization"]
   assert norm["std"] > 0 and norm["examples"] == 64
+  _check_throughput(workdir)
 
 
 def test_dpo_raises_exact_gold_reward(sft_dir):
@@ -54,6 +62,7 @@ def test_dpo_raises_exact_gold_reward(sft_dir):
   # chance at the end (0.83 on a Zen 3 CPU).
   assert last["eval/kl"] > 0.05 and last["eval/accuracy"] > 0.5
   assert last["eval/kl_to_optimum"] < first["eval/kl_to_optimum"]
+  _check_throughput(workdir)
 
 
 PAIR_LOSSES = [n for n in losses.names("preference") if n != "chosen_nll"]

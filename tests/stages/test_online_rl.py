@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from rlhf_jax.models import flops
 from rlhf_jax.parallel import mesh as mesh_lib, sharding as sharding_lib
 from rlhf_jax.rl import engine, rollout as rollout_lib
 from rlhf_jax.stages import online, policy_gradient, ppo
@@ -131,6 +132,29 @@ def test_ppo_gold_rises_and_adaptive_kl_tracks_target(ppo_adaptive):
   assert betas[-1] > betas[0]
 
 
+def test_ppo_logs_each_iterations_analytic_flops_and_mfu(ppo_adaptive, sft_dir):
+  config = _config("configs/ppo.py:test,adaptive", sft_dir)
+  cfg = export.load_meta_model(str(sft_dir / "sft"))
+  n, p, t = config.rl.prompts_per_step, config.data.prompt_len, config.data.completion_len
+  rows = [r for r in metrics_lib.read_jsonl(os.path.join(ppo_adaptive, "metrics.jsonl"))
+          if "train/kl_coef" in r]
+  assert config.train.log_every == 1 and len(rows) == 8
+  policy, critic = (flops.score_flops(cfg, n, p, t, lm_head=head) for head in (True, False))
+  for r in rows:
+    # epochs x (policy and separate critic trained, 3x their scoring passes) over every row
+    assert r["train/flops/update"] == pytest.approx(config.ppo.epochs * 3 * (policy + critic))
+    # the reference and the critic always, the old policy when re-scored
+    assert r["train/flops/scoring"] in (pytest.approx(policy + critic),
+                                        pytest.approx(2 * policy + critic))
+    # a prefill, then 1 to T decode steps
+    decode = lambda steps: flops.decode_flops(cfg, n, p, steps, prefill_lm_head=False)
+    assert decode(1) <= r["train/flops/generation"] <= decode(t)
+    total = sum(r[f"train/flops/{k}"] for k in ("generation", "scoring", "update"))
+    # one iteration per window, which holds the iteration's wall time and a little more
+    assert 0 < r["train/tflops_per_sec"] * 1e12 <= total / r["train/time/iteration"]
+    assert 0 < r["train/mfu"] < 1
+
+
 def _sigterm_after(workdir, step):
   """A thread that sends this process SIGTERM once `step` is logged in workdir's metrics."""
   path = os.path.join(workdir, "metrics.jsonl")
@@ -147,8 +171,7 @@ def _sigterm_after(workdir, step):
 
 
 def _without_clock(rows):
-  return [{k: v for k, v in r.items() if not (k.startswith("train/time/") or
-                                              k.endswith("tokens_per_sec"))} for r in rows]
+  return [{k: v for k, v in r.items() if not metrics_lib.measures_clock(k)} for r in rows]
 
 
 def test_ppo_sigterm_mid_run_checkpoints_and_resumes_bit_identically(sft_dir, ppo_adaptive):
