@@ -84,6 +84,9 @@ def base_config() -> ml_collections.ConfigDict:
       "grad_clip": 1.0})
   c.train = ml_collections.ConfigDict({
       "num_steps": 300, "log_every": 25, "eval_every": 100, "eval_examples": 512,
+      # Each evaluation of a stage with a policy writes its greedy answers to this many held-out
+      # prompts, with their rewards, to <workdir>/samples.jsonl and TensorBoard (0 = off).
+      "eval_samples": 4,
       # 0 = a tenth of num_steps (a hard kill loses at most ~10% of the run; SIGTERM/SIGINT
       # checkpoint the current step, train/preemption.py).
       "checkpoint_every": 0, "keep_checkpoints": 2, "tensorboard": True,
@@ -178,3 +181,4 @@ def shrink_for_test(c: ml_collections.ConfigDict, *, num_steps: int, eval_every:
   c.train.eval_examples = eval_examples
   c.train.checkpoint_every = num_steps
   c.train.tensorboard = False
+  c.train.eval_samples = 0  # a generation program less to compile per test run

@@ -84,5 +84,19 @@ def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def to_device(x_np: np.ndarray, mesh) -> jax.Array:
+  """A host array (identical on every process) placed batch-sharded over the data axes."""
+  return jax.make_array_from_callback(x_np.shape, batch_sharding(mesh, np.ndim(x_np)),
+                                      lambda idx: x_np[idx])
+
+
+def host_array(x: jax.Array) -> np.ndarray:
+  """The full value of a (possibly multi-process sharded) array on every host."""
+  if jax.process_count() == 1:
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def tree_batch_shardings(tree, mesh):
   return jax.tree.map(lambda x: batch_sharding(mesh, np.ndim(x)), tree)

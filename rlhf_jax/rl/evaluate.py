@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import numpy as np
@@ -14,7 +14,7 @@ from rlhf_jax.generation import SamplingConfig
 from rlhf_jax.rewards import functions as reward_fns
 from rlhf_jax.rl import rollout as rollout_lib
 from rlhf_jax.rl.setup import Setup
-from rlhf_jax.train import loop, passk
+from rlhf_jax.train import loop, metrics, passk, samples
 from rlhf_jax.train.enumerable_eval import EnumerableEvaluator
 
 
@@ -34,15 +34,21 @@ def make_evaluator(s: Setup, config, plain_of: Callable):
               y ~ pi (untempered, one sample per prompt, a fixed rng per evaluation)
 
   an unbiased Monte-Carlo estimate of KL(pi || pi_ref) per sequence (k1 summed over tokens)."""
+  plain_sh = rollout_lib.shardings_of(s.sft.params, s.mesh)
+  sampler = make_sampler(s, config, plain_sh)
+  with_samples = lambda out, policy: (out if sampler is None
+                                      else {**out, metrics.SAMPLES: sampler(policy)})
   if uses_enumerable_task(config):
     exact = EnumerableEvaluator(s.task, s.layout, s.sft.graphdef, s.mesh,
                                 batch_size=config.eval.exact_batch_size,
                                 max_prompts=config.eval.exact_prompts)
     exact.set_reference(s.sft.params)
-    return lambda state: exact.metrics(plain_of(state.params),
-                                      beta=float(state.control["kl_coef"]))
 
-  plain_sh = rollout_lib.shardings_of(s.sft.params, s.mesh)
+    def evaluate_exact(state):
+      policy = plain_of(state.params)
+      return with_samples(exact.metrics(policy, beta=float(state.control["kl_coef"])), policy)
+    return evaluate_exact
+
   gen = lambda sampling, n: rollout_lib.make_generate_fn(s.sft.graphdef, sampling, mesh=s.mesh,
                                                          param_shardings=plain_sh, group_size=n)
   greedy = gen(dataclasses.replace(s.sampling, greedy=True), 1)
@@ -108,9 +114,37 @@ def make_evaluator(s: Setup, config, plain_of: Callable):
     out.update({k: v / n for k, v in sampled.items()})
     if config.reward.source != "gold":
       out["reward"] = reward / n
-    return out
+    return with_samples(out, policy)
 
   return evaluate
+
+
+def make_sampler(s: Setup, config, plain_sh) -> Optional[samples.Sampler]:
+  """Greedy answers of the plain policy to the first train.eval_samples held-out prompts, with
+  the task's gold reward where it has one and, with reward.source = functions, the reward the
+  policy trains on (a learned reward model's score is not computed for them)."""
+  arrays = s.prompt_arrays["test"]
+  n = min(samples.count(config), len(arrays["prompt_tokens"]))
+  if n <= 0:
+    return None
+  index = np.asarray(arrays["prompt_index"][:n])
+  text_reward = config.reward.source == "functions"
+  has_gold = hasattr(s.task, "gold_reward")
+
+  def rewards(prompts, completions) -> dict:
+    del prompts  # the Setup knows them by index
+    if not (text_reward or has_gold):
+      return {}
+    reward, gold, _ = s.rewards(config, "test", index, completions,
+                                rm_scores=np.zeros(n, np.float32))
+    return {**({"gold_reward": gold} if gold is not None else {}),
+            **({"reward": reward} if text_reward else {})}
+
+  return samples.Sampler(s.sft.graphdef, mesh=s.mesh, param_shardings=plain_sh, tokenizer=s.tok,
+                         prompt_tokens_NxP=arrays["prompt_tokens"][:n],
+                         prompt_mask_NxP=arrays["prompt_mask"][:n],
+                         prompts=[str(s.prompts["test"][i]) for i in index],
+                         max_new_tokens=s.sampling.max_new_tokens, rewards_fn=rewards)
 
 
 def sampled_metrics(s: Setup, config, out, index, valid, n: int) -> dict[str, float]:

@@ -154,18 +154,8 @@ def make_score_fn(policy_graphdef, *, mesh, shardings: dict, ref_graphdef=None,
   return jax.jit(score, in_shardings=(shardings, b2, b2, b2, b2, b2), out_shardings=out)
 
 
-def host_array(x: jax.Array) -> np.ndarray:
-  """The full value of a (possibly multi-process sharded) array on every host."""
-  if jax.process_count() == 1:
-    return np.asarray(jax.device_get(x))
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def to_device(x_np: np.ndarray, mesh) -> jax.Array:
-  """A host array (identical on every process) placed batch-sharded over the data axes."""
-  sharding = _batch(mesh, np.ndim(x_np))
-  return jax.make_array_from_callback(x_np.shape, sharding, lambda idx: x_np[idx])
+host_array = sharding_lib.host_array  # the full value of a sharded array on every host
+to_device = sharding_lib.to_device    # a host array placed batch-sharded over the data axes
 
 
 def select_rows(rollouts: list[Rollout], rows: np.ndarray, mesh) -> Rollout:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import time
 
 # Name -> module with `run(config, workdir)`; imported lazily so a stage's dependencies load
 # only when it runs.
@@ -41,4 +43,16 @@ def run(config, workdir: str, *, name: str = "", override_prefix: str = ""):
       return get_stage("recipe").run(config, workdir)
   with workdir_lib.claim(config, workdir, name=name or config.stage,
                          override_prefix=override_prefix):
-    return get_stage(config.stage).run(config, workdir)
+    start = time.perf_counter()
+    result = get_stage(config.stage).run(config, workdir)
+  summarise(config.stage, workdir, time.perf_counter() - start)
+  return result
+
+
+def summarise(stage: str, workdir: str, seconds) -> None:
+  """Prints the stage's summary line (train/report.py) from its metrics.jsonl."""
+  from rlhf_jax.train import metrics, report  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, "metrics.jsonl")
+  rows = metrics.read_jsonl(path) if os.path.exists(path) else []
+  report.show(report.summary_line(stage, rows, seconds=seconds,
+                                  export_dir=report.export_dir(workdir)))

@@ -30,8 +30,8 @@ from rlhf_jax.data import pipeline, tokenizer as tokenizer_lib
 from rlhf_jax.models import flops
 from rlhf_jax.parallel import distributed
 from rlhf_jax.stages import common
-from rlhf_jax.train import dpo as dpo_steps, export, lora, loop, optimizer as optimizer_lib
-from rlhf_jax.train import precision, state as state_lib
+from rlhf_jax.train import dpo as dpo_steps, export, lora, loop, metrics, optimizer as optimizer_lib
+from rlhf_jax.train import precision, samples, state as state_lib
 from rlhf_jax.train.enumerable_eval import EnumerableEvaluator
 
 # config.data.pairs: the task's labelled pairs, or pairs sampled from the SFT policy and ranked.
@@ -58,9 +58,11 @@ def reference_logps(graphdef, ref_params, arrays, mesh, config, cache_path: str,
           "ref_rejected_logps": cache[key_r].astype(np.float32)}
 
 
-def make_evaluator(graphdef, arrays, mesh, config, exact_eval, plain_of=lambda p: p):
+def make_evaluator(graphdef, arrays, mesh, config, exact_eval, plain_of=lambda p: p,
+                   sampler=None):
   """Pair accuracy and implicit margin on `arrays` (the train state's model), plus the exact
-  metrics of `exact_eval` (a plain-model evaluator) on `plain_of(params)` when given."""
+  metrics of `exact_eval` (a plain-model evaluator) on `plain_of(params)` when given, and the
+  plain model's answers to a few held-out prompts with a `sampler` (train/samples.py)."""
   eval_step = jax.jit(dpo_steps.make_eval_step(graphdef, config.loss.beta, config.data.prompt_len))
 
   def evaluate(state) -> dict:
@@ -69,6 +71,8 @@ def make_evaluator(graphdef, arrays, mesh, config, exact_eval, plain_of=lambda p
     out = {"accuracy": totals["correct"] / n, "margin": totals["margin"] / n}
     if exact_eval is not None:
       out.update(exact_eval.metrics(plain_of(state.params), beta=config.loss.beta))
+    if sampler is not None:
+      out[metrics.SAMPLES] = sampler(plain_of(state.params))
     return out
 
   return evaluate
@@ -102,6 +106,7 @@ class Setup:
   exact_eval: object      # on the plain model: give it plain(state.params)
   trainable: object = None  # LoRA's trainable mask (None: all parameters train)
   to_plain: object = None  # train-state params -> the plain LM's (adapters merged); None: as is
+  sampler: object = None   # the evaluations' samples (train/samples.py); None: none
 
   def plain(self, params):
     return params if self.to_plain is None else self.to_plain(params)
@@ -114,7 +119,8 @@ def prepare(config, workdir: str) -> Setup:
   mesh, rules = common.mesh_and_rules(config)
   task = common.make_task(config)
   tok_spec = common.tokenizer_spec(config, workdir, task)
-  layout = common.layout(config, tokenizer_lib.from_spec(tok_spec), tok_spec)
+  tok = tokenizer_lib.from_spec(tok_spec)
+  layout = common.layout(config, tok, tok_spec)
   sft = export.load(config.init.from_workdir, mesh, rules, kind="lm")
   os.makedirs(workdir, exist_ok=True)
   cache = os.path.join(workdir, "reference_logps.npz")
@@ -139,8 +145,13 @@ def prepare(config, workdir: str) -> Setup:
                                      batch_size=config.eval.exact_batch_size,
                                      max_prompts=config.eval.exact_prompts)
     exact_eval.set_reference(sft.params)
+  sampler = samples.from_rows(
+      sft.graphdef, arrays["test"]["chosen_tokens"], arrays["test"]["chosen_mask"],
+      prompt_len=layout.prompt_len, n=samples.count(config), mesh=mesh,
+      param_shardings=jax.tree.map(lambda x: x.sharding, sft.params), tokenizer=tok,
+      max_new_tokens=layout.completion_len, task=task)
   return Setup(mesh, arrays, graphdef, state, shardings, adapted.tx, sft, tok_spec, exact_eval,
-               trainable=adapted.trainable, to_plain=adapted.export)
+               trainable=adapted.trainable, to_plain=adapted.export, sampler=sampler)
 
 
 def train_iterator(config, arrays):
@@ -169,7 +180,7 @@ def run(config, workdir: str) -> loop.LoopResult:
                         microbatches=config.train.microbatches, trainable=s.trainable),
                     train_iter=train_iterator(config, s.arrays["train"]),
                     evaluate=make_evaluator(s.graphdef, s.arrays["test"], s.mesh, config,
-                                            s.exact_eval, s.plain),
+                                            s.exact_eval, s.plain, s.sampler),
                     tokens_per_step=lambda b: int(b["chosen_mask"].sum() + b["rejected_mask"].sum()),
                     learning_rate=optimizer_lib.make_schedule(config.optimizer,
                                                               config.train.num_steps),

@@ -21,11 +21,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 
 import jax
 
 from rlhf_jax import stages, validate
-from rlhf_jax.train import workdir as workdir_lib
+from rlhf_jax.train import metrics, report, workdir as workdir_lib
 
 
 def _set(config, dotted: str, value) -> None:
@@ -108,17 +109,25 @@ def run(config, workdir: str) -> dict:
   check(config)
   _linked(config, workdir)
   done = check_workdirs(config, workdir)
-  summary = {}
+  summary, table = {}, []
   for step in config.recipe.steps:
     sub = config[step]
     step_dir = os.path.join(workdir, step)
+    seconds = None
     if done[step]:
       logging.info("recipe: %s already done (%s), skipping", step, step_dir)
     else:
       logging.info("recipe: running %s (stage %s) in %s", step, sub.stage, step_dir)
+      start = time.perf_counter()
       stages.run(sub, step_dir, name=f"recipe step {step!r}", override_prefix=f"{step}.")
+      seconds = time.perf_counter() - start
     summary[step] = {"stage": sub.stage, "workdir": os.path.abspath(step_dir)}
+    path = os.path.join(step_dir, "metrics.jsonl")
+    table.append({"step": step, "stage": sub.stage, "seconds": seconds,
+                  "rows": metrics.read_jsonl(path) if os.path.exists(path) else [],
+                  "export_dir": report.export_dir(step_dir)})
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "recipe.json"), "w") as f:
       json.dump(summary, f, indent=1)
+  report.show(f"recipe {os.path.abspath(workdir)} done:\n" + report.recipe_table(table))
   return summary

@@ -20,14 +20,17 @@ import numpy as np
 
 from rlhf_jax.data import packing, pipeline, tokenizer as tokenizer_lib
 from rlhf_jax.models import flops
+from rlhf_jax.parallel import sharding as sharding_lib
 from rlhf_jax.stages import common
-from rlhf_jax.train import aot, export, lora, loop, nonfinite, optimizer as optimizer_lib
-from rlhf_jax.train import precision
+from rlhf_jax.train import aot, export, lora, loop, metrics, nonfinite, optimizer as optimizer_lib
+from rlhf_jax.train import precision, samples
 from rlhf_jax.train import sft as sft_steps, state as state_lib
 
 
-def make_evaluator(graphdef, eval_arrays, mesh, config):
-  """Exact token-mean NLL and next-token accuracy on the held-out split."""
+def make_evaluator(graphdef, eval_arrays, mesh, config, sampler=None, plain=lambda p: p):
+  """Exact token-mean NLL and next-token accuracy on the held-out split; with a `sampler`
+  (train/samples.py), the greedy answers of the plain policy `plain(params)` to a few held-out
+  prompts too."""
   eval_step = jax.jit(sft_steps.make_eval_step(graphdef))
 
   def evaluate(state) -> dict:
@@ -40,9 +43,22 @@ def make_evaluator(graphdef, eval_arrays, mesh, config):
       for k in totals:
         totals[k] += float(out[k])
     n = max(totals["num_tokens"], 1.0)
-    return {"loss": totals["nll_sum"] / n, "token_accuracy": totals["correct"] / n}
+    out = {"loss": totals["nll_sum"] / n, "token_accuracy": totals["correct"] / n}
+    if sampler is not None:
+      out[metrics.SAMPLES] = sampler(plain(state.params))
+    return out
 
   return evaluate
+
+
+def make_sampler(config, make_model, arrays, layout, tok, task, mesh, rules):
+  """The samples of each evaluation (train/samples.py): greedy answers of the plain model
+  (`make_model`) to the first train.eval_samples held-out prompts."""
+  graphdef, abstract = state_lib.abstract_model(make_model)
+  return samples.from_rows(graphdef, arrays["tokens"], arrays["mask"],
+                           prompt_len=layout.prompt_len, n=samples.count(config), mesh=mesh,
+                           param_shardings=sharding_lib.param_shardings(abstract, mesh, rules),
+                           tokenizer=tok, max_new_tokens=layout.completion_len, task=task)
 
 
 def init_lm(config, mesh, rules, make_model):
@@ -95,7 +111,10 @@ def run(config, workdir: str) -> loop.LoopResult:
   result = loop.run(config=config, workdir=workdir, mesh=mesh, state=state,
                     state_shardings=shardings,
                     train_step=train_step, train_iter=train_iter,
-                    evaluate=make_evaluator(graphdef, eval_arrays, mesh, config),
+                    evaluate=make_evaluator(graphdef, eval_arrays, mesh, config,
+                                            make_sampler(config, make_model, eval_arrays, layout,
+                                                         tok, task, mesh, rules),
+                                            adapted.export),
                     tokens_per_step=lambda b: int(np.sum(b["mask"])), jit=jit_step,
                     learning_rate=optimizer_lib.make_schedule(config.optimizer,
                                                               config.train.num_steps),

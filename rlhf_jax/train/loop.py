@@ -39,8 +39,8 @@ import numpy as np
 import tqdm
 
 from rlhf_jax.parallel import sharding as sharding_lib
-from rlhf_jax.train import checkpoint as ckpt_lib, mfu as mfu_lib, nonfinite, preemption
-from rlhf_jax.train.metrics import MetricsWriter
+from rlhf_jax.train import checkpoint as ckpt_lib, mfu as mfu_lib, nonfinite, preemption, report
+from rlhf_jax.train.metrics import SAMPLES, MetricsWriter
 
 
 def to_global(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
@@ -78,13 +78,37 @@ def checkpoint_every(train_config) -> int:
   return every if every > 0 else max(1, math.ceil(int(train_config.num_steps) / 10))
 
 
-def _show(bar, row: dict) -> None:
-  shown = {k.split("/", 1)[1]: row[k] for k in ("train/loss", "train/reward",
-                                                 "train/tokens_per_sec") if k in row}
-  post = {k: "nan" if v is None else f"{v:.4g}" for k, v in shown.items()}
+def _bar_keys(config) -> tuple[tuple[str, str], ...]:
+  """(metrics key, progress-bar name): the loss, the gold reward where the task has one, the
+  reward the policy is trained on (named `proxy_reward` when a learned reward model gives it),
+  and throughput."""
+  source = config.reward.get("source", "") if "reward" in config else ""
+  return (("train/loss", "loss"), ("train/gold_reward", "gold_reward"),
+          ("train/reward", "proxy_reward" if source == "learned" else "reward"),
+          ("train/tokens_per_sec", "tok/s"))
+
+
+def _show(bar, row: dict, keys) -> None:
+  post = {name: "nan" if row[k] is None else f"{row[k]:.4g}" for k, name in keys if k in row}
   if row.get("train/mfu") is not None:
     post["mfu"] = f"{100 * row['train/mfu']:.2f}%"
   bar.set_postfix(post)
+
+
+def _restart_clock(bar, done: int) -> None:
+  """Restarts the bar's rate (and so its ETA) at `done` steps: the first step's time is mostly
+  compilation, which would inflate the ETA of the whole run."""
+  bar.reset(total=bar.total)
+  bar.initial = bar.n = bar.last_print_n = done
+  bar.refresh()
+
+
+def _evaluate(writer, step: int, evaluate, state) -> dict:
+  """Runs the evaluation; writes its metrics (as eval/*) and its samples, if it returns any
+  under metrics.SAMPLES (train/samples.py); returns the metrics row."""
+  out = dict(evaluate(state))
+  writer.write_samples(step, out.pop(SAMPLES, None))
+  return writer.write(step, {f"eval/{k}": v for k, v in out.items()})
 
 
 @dataclasses.dataclass
@@ -135,8 +159,10 @@ def run(*, config, workdir: str, mesh, state, state_shardings, train_step: Calla
   rng = jax.random.key(config.seed)
   jitted = None
   every = checkpoint_every(tc)
+  # smoothing=0: the ETA uses the average rate since the first step (compilation excluded)
   bar = tqdm.tqdm(total=tc.num_steps, initial=start, disable=jax.process_index() != 0,
-                  dynamic_ncols=True, mininterval=2.0, desc=config.stage)
+                  dynamic_ncols=True, mininterval=2.0, desc=config.stage, smoothing=0)
+  bar_keys = _bar_keys(config)
   if tc.eval_every <= 0:
     evaluate = None  # eval_every = 0 turns evaluation off
   last = tc.num_steps if tc.stop_at_step <= 0 else min(tc.stop_at_step, tc.num_steps)
@@ -147,7 +173,8 @@ def run(*, config, workdir: str, mesh, state, state_shardings, train_step: Calla
       raise preemption.preempted(config.stage, start, None if restored is None
                                  else ckpt.describe_latest())
     if evaluate is not None and start == 0:
-      history.append(writer.write(0, {f"eval/{k}": v for k, v in evaluate(state).items()}))
+      history.append(_evaluate(writer, 0, evaluate, state))
+      report.show(report.eval_line(config.stage, history[-1]))
     for step in range(start, last):
       local_batch = next(train_iter)
       batch = to_global(local_batch, mesh)
@@ -185,15 +212,18 @@ def run(*, config, workdir: str, mesh, state, state_shardings, train_step: Calla
               row["train/learning_rate"] = learning_rate(max(int(state.step) - 1, 0))
             row.update({f"train/{k}": v for k, v in monitor.metrics().items()})
             history.append(writer.write(done, row))
-            _show(bar, history[-1])
+            _show(bar, history[-1], bar_keys)
             window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
       paused = time.perf_counter()  # eval and checkpoint time is kept out of tokens/s
       if is_eval:
-        history.append(writer.write(done, {f"eval/{k}": v for k, v in evaluate(state).items()}))
+        history.append(_evaluate(writer, done, evaluate, state))
+        report.show(report.eval_line(config.stage, history[-1]))
       if is_ckpt:
         ckpt.save(done, state, train_iter.get_state(), config.to_dict(), force=True)
       window_start += time.perf_counter() - paused
       bar.update(1)
+      if step == start:  # the first step of this invocation compiled the step
+        _restart_clock(bar, done)
       if stop and done < last:
         ckpt.wait()
         raise preemption.preempted(config.stage, done, ckpt.describe_latest())

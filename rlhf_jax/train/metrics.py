@@ -22,6 +22,8 @@ import numpy as np
 from rlhf_jax.train import wandb_sink
 
 NONFINITE_KEYS = "nonfinite_keys"
+SAMPLES = "samples"  # an evaluation's generated samples (train/samples.py), not a metric
+SAMPLES_FILE = "samples.jsonl"
 
 
 def measures_clock(key: str) -> bool:
@@ -58,19 +60,20 @@ def strict_row(step: int, metrics: Mapping[str, object]) -> dict:
   return row
 
 
-def _replayed(row: dict, step: int) -> bool:
+def _replayed(row: dict, step: int, samples: bool = False) -> bool:
   """Whether a run resumed at `step` logs `row` again: a later step, or at step 0 (a fresh
-  start) the initial evaluation."""
-  return row["step"] > step or (step == 0 and any(k.startswith("eval/") for k in row))
+  start) the initial evaluation (every sample row comes from an evaluation)."""
+  return row["step"] > step or (step == 0 and (samples or any(k.startswith("eval/")
+                                                               for k in row)))
 
 
-def _drop_replayed(path: str, step: int) -> int:
+def _drop_replayed(path: str, step: int, samples: bool = False) -> int:
   """Rewrites `path` without the rows a run resumed at `step` logs again; returns how many rows
   were dropped."""
   if not os.path.exists(path):
     return 0
   rows = read_jsonl(path, strict=False)
-  keep = [r for r in rows if not _replayed(r, step)]
+  keep = [r for r in rows if not _replayed(r, step, samples)]
   if len(keep) == len(rows):
     return 0
   tmp = path + ".tmp"
@@ -97,6 +100,7 @@ class MetricsWriter:
       os.makedirs(workdir, exist_ok=True)
       if resume_step is not None:
         self.dropped = _drop_replayed(self.path, resume_step)
+        _drop_replayed(os.path.join(workdir, SAMPLES_FILE), resume_step, samples=True)
       if tensorboard:
         from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
         purge = None if resume_step is None else resume_step + (1 if resume_step > 0 else 0)
@@ -124,6 +128,23 @@ class MetricsWriter:
     if self._wandb is not None:
       self._wandb.log(row)
     return row
+
+  def write_samples(self, step: int, samples: list[dict]) -> None:
+    """Appends an evaluation's samples (prompt, completion, rewards) to samples.jsonl, and to
+    TensorBoard as a text table."""
+    if not self.active or not samples:
+      return
+    rows = [strict_row(step, s) for s in samples]
+    with open(os.path.join(os.path.dirname(self.path), SAMPLES_FILE), "a") as f:
+      for row in rows:
+        f.write(json.dumps(row, allow_nan=False) + "\n")
+    if self._tb is not None:
+      keys = [k for k in rows[0] if k != "step"]
+      cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")
+      table = "\n".join(["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)] +
+                        ["| " + " | ".join(cell(r.get(k)) for k in keys) + " |" for r in rows])
+      self._tb.add_text(SAMPLES, table, int(step))
+      self._tb.flush()
 
   def close(self):
     if self._tb is not None:

@@ -39,9 +39,9 @@ import jax
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
 SAFE_ON_RESUME = ("train.num_steps", "train.eval_every", "train.eval_examples",
-                  "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
-                  "train.nonfinite", "train.nonfinite_max_skips", "optimizer.lr",
-                  "data.data_dir", "mesh.", "logical_axis_rules")
+                  "train.eval_samples", "train.checkpoint_every", "train.keep_checkpoints",
+                  "train.log_every", "train.nonfinite", "train.nonfinite_max_skips",
+                  "optimizer.lr", "data.data_dir", "mesh.", "logical_axis_rules")
 IGNORED = ("train.stop_at_step", "train.allow_config_change", "train.tensorboard",
            "train.aot_memory", "model.attention", "logging.", "distributed.")
 

@@ -12,7 +12,7 @@ import pytest
 
 from rlhf_jax import configlib, models
 from rlhf_jax.parallel import mesh as mesh_lib, sharding as sharding_lib
-from rlhf_jax.stages import sft as sft_stage
+from rlhf_jax.stages import common, sft as sft_stage
 from rlhf_jax.train import export, loop, metrics as metrics_lib, optimizer, sft as sft_steps
 from rlhf_jax.train import state as state_lib
 
@@ -63,7 +63,19 @@ def sft_run(tmp_path_factory):
 
 def _sft_config():
   return configlib.get("configs/sft.py:test", [("train.num_steps", "30"),
-                                               ("train.eval_every", "30")])
+                                               ("train.eval_every", "30"),
+                                               ("train.eval_samples", "3")])
+
+
+def test_each_evaluation_writes_samples_with_their_gold_reward(sft_run):
+  _, workdir = sft_run
+  rows = metrics_lib.read_jsonl(os.path.join(workdir, "samples.jsonl"))
+  assert [r["step"] for r in rows] == [0, 0, 0, 30, 30, 30]
+  assert [r["prompt"] for r in rows[:3]] == [r["prompt"] for r in rows[3:]]  # fixed prompts
+  task = common.make_task(_sft_config())
+  for r in rows:
+    assert r["prompt"].endswith("=") and isinstance(r["completion"], str)  # "12+7=" -> "19"
+    assert r["gold_reward"] == task.gold_reward(r["prompt"], r["completion"])
 
 
 def test_train_step_compiles_once_over_steps(sft_run):

@@ -53,8 +53,11 @@ def test_dpo_raises_exact_gold_reward(sft_dir):
   workdir = str(sft_dir / "dpo")
   config = configlib.get("configs/dpo.py:test", [
       ("init.from_workdir", str(sft_dir / "sft")), ("data.data_dir", str(sft_dir / "data")),
-      ("train.num_steps", "16"), ("train.eval_every", "16")])
+      ("train.num_steps", "16"), ("train.eval_every", "16"), ("train.eval_samples", "2")])
   dpo_stage.run(config, workdir)
+  samples = metrics_lib.read_jsonl(os.path.join(workdir, "samples.jsonl"))
+  assert [r["step"] for r in samples] == [0, 0, 16, 16]
+  assert all(len(r["prompt"]) == 3 and np.isfinite(r["gold_reward"]) for r in samples), samples
   first, last = _evals(workdir)[0], _evals(workdir)[-1]
   assert first["eval/kl"] == 0.0  # the policy starts at the reference
   assert last["eval/gold_reward"] > first["eval/gold_reward"] + 0.5, (first, last)

@@ -109,7 +109,7 @@ def test_each_algorithm_raises_gold_reward_with_one_compilation_per_piece(sft_di
 def _ppo_adaptive(sft_dir, workdir):
   config = _config("configs/ppo.py:test,adaptive", sft_dir, ("train.num_steps", "8"),
                    ("train.eval_every", "8"), ("kl.target", "0.05"), ("kl.horizon", "100"),
-                   ("optimizer.lr", "1e-3"))
+                   ("optimizer.lr", "1e-3"), ("train.eval_samples", "2"))
   return ppo.run(config, str(workdir))
 
 
@@ -130,6 +130,15 @@ def test_ppo_gold_rises_and_adaptive_kl_tracks_target(ppo_adaptive):
   kls = [r["train/kl"] for r in train]
   assert all(b2 > b1 for b1, b2, kl in zip(betas, betas[1:], kls) if kl > 0.05 * 1.2), (betas, kls)
   assert betas[-1] > betas[0]
+
+
+def test_ppo_evaluations_write_samples_with_gold_reward(ppo_adaptive):
+  rows = metrics_lib.read_jsonl(os.path.join(ppo_adaptive, "samples.jsonl"))
+  assert [r["step"] for r in rows] == [0, 0, 8, 8]
+  assert [r["prompt"] for r in rows[:2]] == [r["prompt"] for r in rows[2:]]
+  for r in rows:  # the enumerable world: 3-letter prompts, up to 6 letters, a gold reward
+    assert len(r["prompt"]) == 3 and len(r["completion"]) <= 6
+    assert np.isfinite(r["gold_reward"])
 
 
 def test_ppo_logs_each_iterations_analytic_flops_and_mfu(ppo_adaptive, sft_dir):

@@ -7,17 +7,19 @@ import pytest
 
 from rlhf_jax import configlib, stages
 from rlhf_jax.stages import recipe
-from rlhf_jax.train import metrics as metrics_lib
+from rlhf_jax.train import metrics as metrics_lib, report
 
 
-def test_instructgpt_recipe_learns_and_resumes(tmp_path, caplog):
+def test_instructgpt_recipe_learns_and_resumes(tmp_path, caplog, capsys):
   caplog.set_level("INFO")
   # Stopped (checkpointed) after PPO's step 2, as a preemption would stop it.
   stages.run(configlib.get("configs/instructgpt.py:test", [("ppo.train.stop_at_step", "2")]),
              str(tmp_path))
   assert not os.path.exists(tmp_path / "ppo" / "export")
   # The same command resumes the recipe at the stage it was in, from that stage's checkpoint.
+  capsys.readouterr()
   stages.run(configlib.get("configs/instructgpt.py:test"), str(tmp_path))
+  console = capsys.readouterr().out
   assert caplog.text.count("already done") == 2 and "resumed from" in caplog.text
   for step in ("sft", "reward_model", "ppo"):
     assert os.path.exists(tmp_path / step / "export" / "export.json"), step
@@ -26,6 +28,22 @@ def test_instructgpt_recipe_learns_and_resumes(tmp_path, caplog):
   evals = [r for r in rows if "eval/gold_reward" in r]
   # PPO against the learned reward raises the exact gold reward of the policy.
   assert evals[-1]["eval/gold_reward"] > evals[0]["eval/gold_reward"] + 0.3, evals
+  # The console: one line per evaluation of this invocation, PPO's summary and the recipe's
+  # table carry metrics.jsonl's figures.
+  first, last = (report.fmt(e["eval/gold_reward"]) for e in (evals[0], evals[-1]))
+  resumed_evals = [e for e in evals if e["step"] > 2]
+  assert console.count("ppo step ") == len(resumed_evals) > 0
+  assert f"ppo step {evals[-1]['step']} eval: gold_reward {last}" in console
+  (summary,) = [line for line in console.splitlines() if line.startswith("ppo done in")]
+  assert f"gold_reward {first} → {last}" in summary
+  assert f"export: {tmp_path / 'ppo' / 'export'}" in summary
+  table = console[console.index("recipe "):].splitlines()
+  assert table[1].split() == ["step", "stage", "headline", "(first", "eval", "→", "last)",
+                              "wall", "export"]
+  rows_by_step = {line.split()[0]: line for line in table[3:6]}
+  assert set(rows_by_step) == {"sft", "reward_model", "ppo"}
+  assert "done before" in rows_by_step["sft"] and "done before" in rows_by_step["reward_model"]
+  assert f"gold_reward {first} → {last}" in rows_by_step["ppo"]
   caplog.clear()
   stages.run(configlib.get("configs/instructgpt.py:test"), str(tmp_path))
   assert caplog.text.count("already done") == 3
