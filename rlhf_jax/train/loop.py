@@ -96,11 +96,10 @@ def _show(bar, row: dict, keys) -> None:
 
 
 def _restart_clock(bar, done: int) -> None:
-  """Restarts the bar's rate (and so its ETA) at `done` steps: the first step's time is mostly
-  compilation, which would inflate the ETA of the whole run."""
+  """Restarts the bar's clock, and so the rate its ETA comes from, at `done` steps: the first
+  step's time is mostly compilation, which would inflate the ETA of the whole run."""
   bar.reset(total=bar.total)
   bar.initial = bar.n = bar.last_print_n = done
-  bar.refresh()
 
 
 def _evaluate(writer, step: int, evaluate, state) -> dict:
@@ -221,9 +220,9 @@ def run(*, config, workdir: str, mesh, state, state_shardings, train_step: Calla
       if is_ckpt:
         ckpt.save(done, state, train_iter.get_state(), config.to_dict(), force=True)
       window_start += time.perf_counter() - paused
-      bar.update(1)
       if step == start:  # the first step of this invocation compiled the step
-        _restart_clock(bar, done)
+        _restart_clock(bar, start)
+      bar.update(1)
       if stop and done < last:
         ckpt.wait()
         raise preemption.preempted(config.stage, done, ckpt.describe_latest())

@@ -43,15 +43,15 @@ def test_recipe_table_aligns_its_columns():
 def test_the_bar_clock_restarts_after_the_compiling_step():
   bar = tqdm.tqdm(total=100, initial=40, disable=False, file=open("/dev/null", "w"),
                   smoothing=0)
-  bar.update(1)
   bar.start_t -= 100.0  # the first step took 100 s (compilation)
-  loop._restart_clock(bar, 41)
-  assert bar.n == bar.initial == 41 and bar.format_dict["elapsed"] < 5
+  loop._restart_clock(bar, 40)
+  bar.update(1)
+  assert bar.n == 41 and bar.initial == 40 and bar.format_dict["elapsed"] < 5
   bar.update(9)
   meter = tqdm.tqdm.format_meter(**bar.format_dict)  # "... [elapsed<remaining, rate]"
   remaining = meter.split("<")[1].split(",")[0]
   seconds = sum(int(p) * 60 ** i for i, p in enumerate(reversed(remaining.split(":"))))
-  # The ETA comes from the 9 steps after the restart: without it, 10 steps in 100 s would give
+  # The ETA comes from the 10 steps after the restart: without it, 10 steps in 100 s would give
   # 50 steps x 10 s = 500 s.
   assert seconds < 100, meter
   bar.close()
