@@ -121,30 +121,39 @@ def make_evaluator(s: Setup, config, plain_of: Callable):
 
 def make_sampler(s: Setup, config, plain_sh) -> Optional[samples.Sampler]:
   """Greedy answers of the plain policy to the first train.eval_samples held-out prompts, with
-  the task's gold reward where it has one and, with reward.source = functions, the reward the
-  policy trains on (a learned reward model's score is not computed for them)."""
+  the task's gold reward where it has one and the reward the policy trains on (`reward`: the
+  learned reward model's normalised score, plus the reward functions, as in training)."""
   arrays = s.prompt_arrays["test"]
   n = min(samples.count(config), len(arrays["prompt_tokens"]))
   if n <= 0:
     return None
   index = np.asarray(arrays["prompt_index"][:n])
-  text_reward = config.reward.source == "functions"
-  has_gold = hasattr(s.task, "gold_reward")
+  scores_fn = None
+  if s.rm is not None:  # the learned reward model's scores of the completions, on device
+    fixed = {"ref": s.sft.params, "rm": s.rm}
+    score = rollout_lib.make_score_fn(
+        s.sft.graphdef, mesh=s.mesh,
+        shardings={"policy": plain_sh, **rollout_lib.shardings_of(fixed, s.mesh)},
+        rm_graphdef=s.rm_graphdef, rm_combine=config.reward.ensemble_combine,
+        rm_lambda=config.reward.ensemble_lambda, rescore_policy=False)
+    scores_fn = lambda policy, pt, pm, out: score(
+        {"policy": policy, **fixed}, pt, pm, out.tokens_BxT, out.mask_BxT,
+        out.logp_BxT)["rm_scores"]
 
-  def rewards(prompts, completions) -> dict:
+  def rewards(prompts, completions, rm_scores) -> dict:
     del prompts  # the Setup knows them by index
-    if not (text_reward or has_gold):
+    if rm_scores is None and config.reward.source == "learned":
       return {}
-    reward, gold, _ = s.rewards(config, "test", index, completions,
-                                rm_scores=np.zeros(n, np.float32))
+    reward, gold, _ = s.rewards(config, "test", index, completions, rm_scores=rm_scores)
     return {**({"gold_reward": gold} if gold is not None else {}),
-            **({"reward": reward} if text_reward else {})}
+            **({"reward": reward} if config.reward.source != "gold" else {})}
 
   return samples.Sampler(s.sft.graphdef, mesh=s.mesh, param_shardings=plain_sh, tokenizer=s.tok,
                          prompt_tokens_NxP=arrays["prompt_tokens"][:n],
                          prompt_mask_NxP=arrays["prompt_mask"][:n],
                          prompts=[str(s.prompts["test"][i]) for i in index],
-                         max_new_tokens=s.sampling.max_new_tokens, rewards_fn=rewards)
+                         max_new_tokens=s.sampling.max_new_tokens, rewards_fn=rewards,
+                         scores_fn=scores_fn)
 
 
 def sampled_metrics(s: Setup, config, out, index, valid, n: int) -> dict[str, float]:

@@ -33,18 +33,21 @@ class Sampler:
 
   prompt_tokens_NxP / prompt_mask_NxP: left-padded prompts (N = eval_samples); they are padded
   with copies of the first prompt to a multiple of the mesh's data-parallel size and the copies
-  dropped from the output. rewards_fn(prompts, completions) -> {name: [N]} adds rewards."""
+  dropped from the output. rewards_fn(prompts, completions, scores) -> {name: [N]} adds
+  rewards; scores_fn(params, prompt_tokens_BxP, prompt_mask_BxP, generation) -> [B] (on device,
+  e.g. a learned reward model's score of the completions) is fetched for it as `scores`."""
 
   def __init__(self, graphdef, *, mesh, param_shardings, tokenizer, prompt_tokens_NxP,
                prompt_mask_NxP, prompts: Sequence[str], max_new_tokens: int,
-               rewards_fn: Optional[Callable] = None):
+               rewards_fn: Optional[Callable] = None, scores_fn: Optional[Callable] = None):
     self.n = len(prompts)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     pad = (-self.n) % shards
     take = np.concatenate([np.arange(self.n), np.zeros(pad, np.int64)])
     self.tokens = np.asarray(prompt_tokens_NxP)[take]
     self.mask = np.asarray(prompt_mask_NxP)[take]
-    self.prompts, self.tok, self.rewards_fn = list(prompts), tokenizer, rewards_fn
+    self.prompts, self.tok = list(prompts), tokenizer
+    self.rewards_fn, self.scores_fn = rewards_fn, scores_fn
     config = sampling_lib.SamplingConfig(max_new_tokens=max_new_tokens, greedy=True,
                                          eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
     self.generate = sharded.make_generate_fn(graphdef, config, mesh=mesh,
@@ -53,11 +56,16 @@ class Sampler:
 
   def __call__(self, params) -> list[dict]:
     to_device = lambda x: sharding_lib.to_device(x, self.mesh)  # same prompts on every host
-    out = self.generate(params, to_device(self.tokens), to_device(self.mask), jax.random.key(0))
+    prompt_tokens, prompt_mask = to_device(self.tokens), to_device(self.mask)
+    out = self.generate(params, prompt_tokens, prompt_mask, jax.random.key(0))
     tokens, mask = (sharding_lib.host_array(x)[:self.n] for x in (out.tokens_BxT, out.mask_BxT))
     completions = [self.tok.decode([int(t) for t, m in zip(row, m_row) if m])
                    for row, m_row in zip(tokens, mask)]
-    rewards = {} if self.rewards_fn is None else self.rewards_fn(self.prompts, completions)
+    scores = (None if self.scores_fn is None else
+              sharding_lib.host_array(self.scores_fn(params, prompt_tokens, prompt_mask,
+                                                     out))[:self.n])
+    rewards = ({} if self.rewards_fn is None
+               else self.rewards_fn(self.prompts, completions, scores))
     return [{"prompt": p, "completion": c,
              **{k: float(np.asarray(v)[i]) for k, v in rewards.items()}}
             for i, (p, c) in enumerate(zip(self.prompts, completions))]
@@ -77,7 +85,7 @@ def from_rows(graphdef, tokens_NxS, mask_NxS, *, prompt_len: int, n: int, mesh,
              for row, m_row in zip(tokens, mask)]
   gold = None
   if task is not None and hasattr(task, "gold_reward"):
-    gold = lambda p, c: {"gold_reward": reward_fns.gold_scores(task, p, c)}
+    gold = lambda p, c, _: {"gold_reward": reward_fns.gold_scores(task, p, c)}
   return Sampler(graphdef, mesh=mesh, param_shardings=param_shardings, tokenizer=tokenizer,
                  prompt_tokens_NxP=tokens, prompt_mask_NxP=mask, prompts=prompts,
                  max_new_tokens=max_new_tokens, rewards_fn=gold)

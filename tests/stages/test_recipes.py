@@ -10,15 +10,18 @@ from rlhf_jax.stages import recipe
 from rlhf_jax.train import metrics as metrics_lib, report
 
 
+SAMPLES = ("ppo.train.eval_samples", "2")
+
+
 def test_instructgpt_recipe_learns_and_resumes(tmp_path, caplog, capsys):
   caplog.set_level("INFO")
   # Stopped (checkpointed) after PPO's step 2, as a preemption would stop it.
-  stages.run(configlib.get("configs/instructgpt.py:test", [("ppo.train.stop_at_step", "2")]),
-             str(tmp_path))
+  stages.run(configlib.get("configs/instructgpt.py:test", [("ppo.train.stop_at_step", "2"),
+                                                          SAMPLES]), str(tmp_path))
   assert not os.path.exists(tmp_path / "ppo" / "export")
   # The same command resumes the recipe at the stage it was in, from that stage's checkpoint.
   capsys.readouterr()
-  stages.run(configlib.get("configs/instructgpt.py:test"), str(tmp_path))
+  stages.run(configlib.get("configs/instructgpt.py:test", [SAMPLES]), str(tmp_path))
   console = capsys.readouterr().out
   assert caplog.text.count("already done") == 2 and "resumed from" in caplog.text
   for step in ("sft", "reward_model", "ppo"):
@@ -44,8 +47,13 @@ def test_instructgpt_recipe_learns_and_resumes(tmp_path, caplog, capsys):
   assert set(rows_by_step) == {"sft", "reward_model", "ppo"}
   assert "done before" in rows_by_step["sft"] and "done before" in rows_by_step["reward_model"]
   assert f"gold_reward {first} → {last}" in rows_by_step["ppo"]
+  # PPO's samples: the gold reward and the learned reward model's (the proxy) of each answer.
+  samples = metrics_lib.read_jsonl(str(tmp_path / "ppo" / "samples.jsonl"))
+  assert sorted({r["step"] for r in samples}) == [e["step"] for e in evals], samples
+  assert all({"gold_reward", "reward"} <= set(r) for r in samples), samples
+  assert len({r["reward"] for r in samples}) > 1  # scored per completion, not a constant
   caplog.clear()
-  stages.run(configlib.get("configs/instructgpt.py:test"), str(tmp_path))
+  stages.run(configlib.get("configs/instructgpt.py:test", [SAMPLES]), str(tmp_path))
   assert caplog.text.count("already done") == 3
 
 
