@@ -63,8 +63,10 @@ def init_params(make_model, mesh, rules, seed: int):
   """(graphdef, params): fresh parameters created directly in their shardings."""
   graphdef, abstract = abstract_model(make_model)
   shardings = sharding_lib.param_shardings(abstract, mesh, rules)
-  params = jax.jit(lambda: nnx.to_pure_dict(nnx.state(make_model(nnx.Rngs(seed)), nnx.Param)),
-                   out_shardings=shardings)()
+  # The key is an argument, not a constant of the program: every seed runs the same compiled
+  # program (one compilation, and one persistent-cache entry, per model shape).
+  params = jax.jit(lambda key: nnx.to_pure_dict(nnx.state(make_model(nnx.Rngs(key)), nnx.Param)),
+                   out_shardings=shardings)(jax.random.key(seed))
   return graphdef, params
 
 
@@ -120,14 +122,14 @@ def init_ensemble_state(make_model, tx, mesh, rules, seeds, *, shared=None):
   param_sh = stacked(member_sh, mesh)
   seeds_E = jnp.asarray(seeds, jnp.uint32)
 
-  def init(shared_params):
+  def init(shared_params, seeds_E):
     def one(seed):
       params = nnx.to_pure_dict(nnx.state(make_model(nnx.Rngs(params=jax.random.key(seed))),
                                           nnx.Param))
       return overlay(params, shared_params or {})
     return jax.vmap(one)(seeds_E)
 
-  params = jax.jit(init, out_shardings=param_sh)(shared)
+  params = jax.jit(init, out_shardings=param_sh)(shared, seeds_E)  # seeds: an argument
   state, shardings = state_from_params(params, param_sh, tx, mesh)
   return graphdef, state, shardings
 
