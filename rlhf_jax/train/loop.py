@@ -81,11 +81,12 @@ def checkpoint_every(train_config) -> int:
 def _bar_keys(config) -> tuple[tuple[str, str], ...]:
   """(metrics key, progress-bar name): the loss, the gold reward where the task has one, the
   reward the policy is trained on (named `proxy_reward` when a learned reward model gives it),
-  and throughput."""
+  and throughput (trained tokens/s; generated tokens/s in online RL)."""
   source = config.reward.get("source", "") if "reward" in config else ""
   return (("train/loss", "loss"), ("train/gold_reward", "gold_reward"),
           ("train/reward", "proxy_reward" if source == "learned" else "reward"),
-          ("train/tokens_per_sec", "tok/s"))
+          ("train/tokens_per_sec", "tok/s"),
+          ("train/generation_tokens_per_sec", "gen tok/s"))  # online RL
 
 
 def _show(bar, row: dict, keys) -> None:

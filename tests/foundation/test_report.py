@@ -1,8 +1,11 @@
 """The console lines of train/report.py and the progress bar's clock (train/loop.py)."""
 
+import os
+import struct
+
 import tqdm
 
-from rlhf_jax.train import loop, report
+from rlhf_jax.train import loop, metrics as metrics_lib, report
 
 
 ROWS = [
@@ -55,3 +58,39 @@ def test_the_bar_clock_restarts_after_the_compiling_step():
   # 50 steps x 10 s = 500 s.
   assert seconds < 100, meter
   bar.close()
+
+
+def read_events(directory):
+  """The Events of a TensorBoard log directory (TFRecord files: length, its CRC, the record,
+  its CRC)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  events = []
+  for name in sorted(os.listdir(directory)):
+    with open(os.path.join(directory, name), "rb") as f:
+      data = f.read()
+    pos = 0
+    while pos + 12 <= len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      events.append(event_pb2.Event.FromString(data[pos + 12:pos + 12 + length]))
+      pos += 12 + length + 4
+  return events
+
+
+def test_samples_go_to_samples_jsonl_and_tensorboard_text(tmp_path):
+  writer = metrics_lib.MetricsWriter(str(tmp_path), tensorboard=True, resume_step=0)
+  rows = [{"prompt": "12+7=", "completion": "19", "gold_reward": 1.0},
+          {"prompt": "3|4", "completion": "a\nb", "gold_reward": float("nan")}]
+  writer.write_samples(5, rows)
+  writer.close()
+  written = metrics_lib.read_jsonl(str(tmp_path / "samples.jsonl"))
+  assert written[0] == {"step": 5, **rows[0]}
+  assert written[1]["gold_reward"] is None and written[1]["nonfinite_keys"] == ["gold_reward"]
+  texts = [(e.step, v) for e in read_events(tmp_path / "tensorboard")
+           for v in e.summary.value if v.tag.startswith("samples")]
+  assert len(texts) == 1 and texts[0][0] == 5
+  table = texts[0][1].tensor.string_val[0].decode()
+  assert "| prompt | completion | gold_reward |" in table and "| 12+7= | 19 | 1.0 |" in table
+  assert "3\\|4" in table and "a b" in table  # a table cell: pipes escaped, no line breaks
+  # A run resumed at step 0 (a fresh start) writes its samples again: the old rows go.
+  metrics_lib.MetricsWriter(str(tmp_path), tensorboard=False, resume_step=0).close()
+  assert metrics_lib.read_jsonl(str(tmp_path / "samples.jsonl")) == []
