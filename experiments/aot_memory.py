@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from rlhf_jax import configlib, models  # noqa: E402
 from rlhf_jax.stages import common  # noqa: E402
-from rlhf_jax.train import aot  # noqa: E402
+from rlhf_jax.train import aot, precision  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -43,11 +43,13 @@ def main(argv=None) -> int:
   args = parser.parse_args(rest)
   config = configlib.get(args.config, overrides)
   extra = {"vocab_size": args.vocab_size} if args.vocab_size else {}
-  model_cfg = models.get_model_config(config.model.preset, family=config.model.family,
-                                      dtype=config.model.dtype, remat=config.model.remat, **extra)
+  model_cfg = precision.apply_model_options(  # + the run's remat, attention, lm_head_chunk
+      models.get_model_config(config.model.preset, family=config.model.family,
+                              dtype=config.model.dtype, **extra), config)
   mesh, rules = common.mesh_and_rules(config)
   print(f"model {config.model.preset}: {model_cfg.num_params():,} parameters, compute "
         f"{model_cfg.dtype}, params {model_cfg.param_dtype}, remat {model_cfg.remat}, "
+        f"lm_head_chunk {model_cfg.lm_head_chunk}, "
         f"lora rank {config.lora.rank}; mesh {dict(mesh.shape)}; batch {config.data.batch_size} x "
         f"{config.data.prompt_len + config.data.completion_len} in "
         f"{config.train.microbatches} micro-batches")

@@ -56,13 +56,16 @@ def base_config() -> ml_collections.ConfigDict:
   # dtype: compute dtype (params stay float32, train/precision.py); remat: per-block
   # rematerialisation, none | full | dots_saveable | dots_with_no_batch_dims_saveable;
   # attention: auto | xla | cudnn (models/attention.py; auto = cuDNN flash attention on a GPU
-  # in bfloat16/float16, XLA otherwise).
+  # in bfloat16/float16, XLA otherwise). lm_head_chunk: > 0 computes the SFT loss and completion
+  # log-probs that many vocabulary columns at a time, never the whole [B, T, V] logits (large
+  # vocabularies; models/lm_head.py); 0 = off.
   # hf_path: a Hugging Face checkpoint directory (config.json + *.safetensors + tokenizer.model
   # or tokenizer.json) to start the sft stage (or a reward model's backbone) from: its shape
   # (preset, family and the tokenizer fields are then ignored), its weights (loaded sharded) and
   # its tokenizer (stages/common.py).
   c.model = ml_collections.ConfigDict({"preset": "tiny", "family": "llama", "dtype": "float32",
-                                       "remat": "none", "attention": "auto", "hf_path": ""})
+                                       "remat": "none", "attention": "auto", "lm_head_chunk": 0,
+                                       "hf_path": ""})
   # LoRA adapters (train/lora.py): rank 0 = off (full fine-tuning); targets: weight names
   # (wq, wk, wv, wo, w_gate, w_up, w_down) or groups (attn, mlp, all), comma-separated.
   c.lora = ml_collections.ConfigDict({"rank": 0, "alpha": 16.0, "targets": "all"})

@@ -92,8 +92,8 @@ POSITIVE = ("train.num_steps", "train.log_every", "train.keep_checkpoints",
             "data.completion_len", "rl.prompts_per_step", "pg.epochs", "pg.minibatches",
             "ppo.epochs", "ppo.minibatches", "bon.n", "bon.top_k", "bon.max_train_prompts",
             "reward.ensemble_size", "eval.exact_batch_size")
-NON_NEGATIVE = ("train.eval_every", "train.eval_examples", "train.checkpoint_every", "lora.rank",
-                "eval.exact_prompts")
+NON_NEGATIVE = ("train.eval_every", "train.eval_examples", "train.eval_samples",
+                "train.checkpoint_every", "lora.rank", "eval.exact_prompts", "model.lm_head_chunk")
 
 ONLINE_STAGES = ("ppo", "policy_gradient")
 

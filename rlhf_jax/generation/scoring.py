@@ -91,6 +91,11 @@ def score_tokens(graphdef: nnx.GraphDef, params: Any, prompt_tokens_BxP, prompt_
   p, t = np.shape(prompt_tokens_BxP)[1], np.shape(completion_tokens_BxT)[1]
   model = nnx.merge(graphdef, params)
   hidden_BxSxD, _ = model.hidden(tokens_BxS, mask_BxS=mask_BxS)
+  real_BxT = mask_BxS[:, p:] > 0
+  if config is None and not with_entropy and model.cfg.lm_head_chunk > 0:
+    # the raw softmax, a vocabulary chunk at a time (models/lm_head.py)
+    logp_BxT = model.token_logps(hidden_BxSxD[:, p - 1:p + t - 1], tokens_BxS[:, p:])
+    return TokenScores(logp_BxT=jnp.where(real_BxT, logp_BxT, 0.0), entropy_BxT=None)
   logits_BxTxV = model.logits(hidden_BxSxD[:, p - 1:p + t - 1])
   if config is not None:
     logits_BxTxV = process_logits(logits_BxTxV, config, jnp.arange(t, dtype=jnp.int32)[None, :])
@@ -98,7 +103,6 @@ def score_tokens(graphdef: nnx.GraphDef, params: Any, prompt_tokens_BxP, prompt_
   targets_BxT = tokens_BxS[:, p:]
   targets_BxT = jnp.clip(targets_BxT, 0, logits_BxTxV.shape[-1] - 1)
   picked_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
-  real_BxT = mask_BxS[:, p:] > 0
   logp_BxT = jnp.where(real_BxT, picked_BxT - jax.nn.logsumexp(logits_BxTxV, axis=-1), 0.0)
   entropy_BxT = None
   if with_entropy:

@@ -51,6 +51,8 @@ class ModelConfig:
   dots_saveable | dots_with_no_batch_dims_saveable); it changes memory and time, not values.
   attention: the fused attention's implementation (models/attention.py: auto | xla | cudnn);
   it changes speed and memory, not values (up to rounding).
+  lm_head_chunk: > 0 computes the log-probs of given tokens (the SFT loss, completion scoring)
+  C vocabulary columns at a time, never the whole [B, T, V] logits (models/lm_head.py); 0 = off.
 
   Architecture options (defaults = Llama):
     family: label of the model family (see FAMILIES); Hugging Face export writes this family.
@@ -80,6 +82,7 @@ class ModelConfig:
   param_dtype: str = "float32"
   remat: str = "none"
   attention: str = "auto"
+  lm_head_chunk: int = 0
   family: str = "llama"
   norm: str = "rms"
   norm_scale_offset: float = 0.0
@@ -108,6 +111,9 @@ class ModelConfig:
       if getattr(self, name) not in valid:
         raise ValueError(f"unknown ModelConfig.{name} {getattr(self, name)!r}; valid: {list(valid)}")
     check_remat(self.remat)
+    if self.lm_head_chunk < 0:
+      raise ValueError(f"ModelConfig.lm_head_chunk must be >= 0 (0 = off), "
+                       f"got {self.lm_head_chunk}")
     # imported here: attention.py imports layers.py, which imports this module
     from rlhf_jax.models import attention  # pylint: disable=g-import-not-at-top
     attention.check_implementation(self.attention)

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rlhf_jax.models import lm_head
 from rlhf_jax.models.attention import attend
 from rlhf_jax.models.layers import (MLP, LayerNorm, RMSNorm, apply_rope, einsum_f32, make_norm,
                                     param, zeros)
@@ -191,6 +192,19 @@ class Transformer(nnx.Module):
     """Vocabulary logits, accumulated and returned in float32 (layers.einsum_f32)."""
     w = self.lm_head[...] if self.has_lm_head else self.embed[...].T
     return einsum_f32("bsd,dv->bsv", hidden_BxSxD, w.astype(hidden_BxSxD.dtype))
+
+  def token_logps(self, hidden_BxTxD, tokens_BxT):
+    """[B, T] float32 log-probs of `tokens_BxT` under the logits of `hidden_BxTxD`: chunked
+    over the vocabulary when cfg.lm_head_chunk > 0 (models/lm_head.py), else from the full
+    logits. Token ids are clipped into [0, V) (mask the positions that do not count)."""
+    w = self.lm_head[...] if self.has_lm_head else self.embed[...].T
+    if self.cfg.lm_head_chunk > 0:
+      return lm_head.chunked_token_logps(hidden_BxTxD, w, tokens_BxT,
+                                         chunk=self.cfg.lm_head_chunk)
+    logits_BxTxV = self.logits(hidden_BxTxD)
+    tokens_BxT = jnp.clip(tokens_BxT, 0, logits_BxTxV.shape[-1] - 1)
+    picked_BxT = jnp.take_along_axis(logits_BxTxV, tokens_BxT[..., None], axis=-1)[..., 0]
+    return picked_BxT - jax.nn.logsumexp(logits_BxTxV, axis=-1)
 
   def __call__(self, tokens_BxS, *, mask_BxS, positions_BxS=None, segment_ids_BxS=None):
     h, _ = self.hidden(tokens_BxS, mask_BxS=mask_BxS, positions_BxS=positions_BxS,

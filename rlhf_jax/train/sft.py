@@ -30,15 +30,18 @@ def target_mask(batch):
   return mask_BxT
 
 
+def _hidden(model, batch):
+  """Final hidden states [B, S, D] of the batch's rows (packed rows: data/packing.py)."""
+  if "segment_ids" in batch:
+    return model.hidden(batch["tokens"], mask_BxS=batch["mask"], positions_BxS=batch["positions"],
+                        segment_ids_BxS=batch["segment_ids"])[0]
+  return model.hidden(batch["tokens"], mask_BxS=batch["mask"])[0]
+
+
 def shifted(graphdef, params, batch):
   """(logits [B, S-1, V], targets [B, S-1], target mask [B, S-1]) for next-token prediction."""
   model = nnx.merge(graphdef, params)
-  if "segment_ids" in batch:  # packed rows (data/packing.py)
-    logits_BxSxV = model(batch["tokens"], mask_BxS=batch["mask"],
-                         positions_BxS=batch["positions"], segment_ids_BxS=batch["segment_ids"])
-  else:
-    logits_BxSxV = model(batch["tokens"], mask_BxS=batch["mask"])
-  return logits_BxSxV[:, :-1], batch["tokens"][:, 1:], target_mask(batch)
+  return model.logits(_hidden(model, batch)[:, :-1]), batch["tokens"][:, 1:], target_mask(batch)
 
 
 def sft_objective(graphdef, params, batch, *, num_tokens=None):
@@ -48,10 +51,17 @@ def sft_objective(graphdef, params, batch, *, num_tokens=None):
   batch's N, so micro-batch losses (and gradients) add up to the full-batch ones exactly.
   metrics: loss (as returned) and num_tokens (this batch's count).
   """
-  logits_BxTxV, targets_BxT, mask_BxT = shifted(graphdef, params, batch)
+  model = nnx.merge(graphdef, params)
+  targets_BxT, mask_BxT = batch["tokens"][:, 1:], target_mask(batch)
+  if model.cfg.lm_head_chunk > 0:  # the vocabulary a chunk at a time (models/lm_head.py)
+    hidden_BxTxD = _hidden(model, batch)[:, :-1]
+    hidden_BxTxD = jnp.where(mask_BxT[..., None] > 0, hidden_BxTxD, 0)  # no NaN from padding
+    nll_BxT = -model.token_logps(hidden_BxTxD, targets_BxT) * mask_BxT
+  else:
+    nll_BxT = sft.sft_loss(model.logits(_hidden(model, batch)[:, :-1]), targets_BxT, mask_BxT)
   batch_tokens = jnp.sum(mask_BxT)
   n = batch_tokens if num_tokens is None else num_tokens
-  loss = jnp.sum(sft.sft_loss(logits_BxTxV, targets_BxT, mask_BxT)) / jnp.maximum(n, 1.0)
+  loss = jnp.sum(nll_BxT) / jnp.maximum(n, 1.0)
   return loss, {"loss": loss, "num_tokens": batch_tokens}
 
 
