@@ -6,7 +6,8 @@
     best-of-n policy to the sampling policy beside the analytic bound log n − (n−1)/n
     (Stiennon et al. 2020; Beirami et al. 2024; tasks/exact.py).
   rejection_sampling: the same selection on train prompts — the best per prompt, or the top-K
-    overall — written to `<workdir>/samples.jsonl`, then SFT on them from the policy
+    overall — written to `<workdir>/rejection_samples.jsonl` (the SFT data; samples.jsonl holds
+    the evaluations' samples, train/samples.py), then SFT on them from the policy
     (Touvron et al. 2023, Llama 2 §3.2.3; DeepSeek-AI 2025, R1 stage 3).
 """
 
@@ -168,7 +169,7 @@ def run(config, workdir: str):
                "kept" if config.data.allow_empty_completion else "dropped")
   if not chosen:
     raise ValueError("rejection sampling kept no samples: lower bon.min_reward or raise bon.n")
-  path = os.path.join(workdir, "samples.jsonl")
+  path = os.path.join(workdir, "rejection_samples.jsonl")
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(path, "w") as f:

@@ -186,7 +186,7 @@ def test_rejection_sampling_on_chat_prompts_writes_chat_sft_records(chat_sft, tm
       f"--config.init.from_workdir={root}/sft", "--config.reward.source=functions",
       "--config.reward.functions=length*1.0", "--config.reward.function_params={'length': {'target': 1}}",
       prompt_len=24, completion_len=16))
-  samples = [json.loads(line) for line in open(tmp_path / "rs" / "samples.jsonl")]
+  samples = [json.loads(line) for line in open(tmp_path / "rs" / "rejection_samples.jsonl")]
   assert samples and all(s["completion"][0]["role"] == "assistant" for s in samples)
   assert export.load_meta(str(tmp_path / "rs"))["kind"] == "lm"
 
