@@ -26,11 +26,12 @@ step is 3x its forward):
   DPO  3 [forward_flops(cfg, 2B, P + C, lm_head=False) + 2B C 2 d_model V]   (scoring.py runs
        the LM head on the completion positions only)
   gen  decode_flops(cfg, B, P, T)
-MFU = FLOPs / step time / peak, peak = the dense bf16 spec of the device kind (H100 SXM / H200:
-989.4e12 FLOP/s); an unknown kind uses the measured bf16 matmul rate instead (and says so). The
-measured rate of a bf16 `jnp.dot` of size^3 (median of 10) is printed as a sanity line either way.
-With remat (`--remat`, or the automatic fallback when XLA's memory analysis says a step does not
-fit) the recomputed forward is not counted: MFU stays model FLOPs utilisation.
+MFU = FLOPs / step time / peak, peak = the dense bf16 spec of the device kind from
+rlhf_jax/train/mfu.py (H100 SXM / H200: 989e12 FLOP/s); an unknown kind uses the measured bf16
+matmul rate instead (and says so). The measured rate of a bf16 `jnp.dot` of size^3 (median of
+10) is printed as a sanity line either way. With remat (`--remat`, or the automatic fallback when
+XLA's memory analysis says a step does not fit) the recomputed forward is not counted: MFU stays
+model FLOPs utilisation.
 
 Roofline of generation: every decode step reads every matmul weight (models/flops.py
 matmul_params: q/k/v/o, MLP, LM head = the tied embedding for '1b'; the embedding lookup is a
@@ -65,7 +66,6 @@ import dataclasses
 import json
 import math
 import os
-import statistics
 import sys
 import time
 import types
@@ -81,18 +81,18 @@ if "--smoke" in sys.argv and "optimization_level" not in os.environ.get("XLA_FLA
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from rlhf_jax.generation import SamplingConfig, make_generate_fn  # noqa: E402
 from rlhf_jax.models import ModelConfig, Transformer, flops, get_model_config  # noqa: E402
-from rlhf_jax.parallel import mesh as mesh_lib, sharding as sharding_lib  # noqa: E402
+from rlhf_jax.parallel import sharding as sharding_lib  # noqa: E402
 from rlhf_jax.train import dpo as dpo_steps, optimizer as optimizer_lib  # noqa: E402
 from rlhf_jax.train import sft as sft_steps, state as state_lib  # noqa: E402
+from experiments.accelerator_lib import (  # noqa: E402
+    FALLBACK_REMAT, GEN_HEADER, TRAIN_HEADER, Bench, finite, gen_line, measure_device,
+    median_time, memory_need, one_line, train_line)
 
 HAS_ATTENTION = "attention" in {f.name for f in dataclasses.fields(ModelConfig)}
-FALLBACK_REMAT = "dots_with_no_batch_dims_saveable"
-REMAT_SHORT = {"dots_saveable": "dots", FALLBACK_REMAT: "dots_nbd"}  # table column names
 # The ~350M Llama shape (348.7M parameters, untied 32k vocabulary) and the smoke shapes.
 SHAPES = {
     "350m": dict(vocab_size=32_000, d_model=1024, n_layers=24, n_heads=16, n_kv_heads=8,
@@ -102,12 +102,6 @@ SHAPES = {
     "tiny-tied": dict(vocab_size=512, d_model=64, n_layers=3, n_heads=4, n_kv_heads=2,
                       head_dim=16, d_ff=192, tie_embeddings=True),
 }
-# device_kind substring (lower case, first match) -> (dense bf16 FLOP/s, HBM bytes/s), spec sheets.
-SPECS = (("gh200", 989.4e12, 4.0e12), ("h200", 989.4e12, 4.8e12), ("h100 pcie", 756.5e12, 2.0e12),
-         ("h100 nvl", 835.5e12, 3.9e12), ("h100", 989.4e12, 3.35e12), ("b200", 2250e12, 8.0e12),
-         ("a100-sxm4-80gb", 312e12, 2.039e12), ("a100", 312e12, 1.555e12),
-         ("tpu v6 lite", 918e12, 1.64e12), ("tpu v5 lite", 197e12, 0.819e12),
-         ("tpu v5", 459e12, 2.765e12), ("tpu v4", 275e12, 1.2e12))
 GPU_DEFAULTS = dict(shapes="350m,1b", sft_batch="350m:8,1b:4", seq=1024, dpo_batch="350m:4,1b:2",
                     dpo_prompt_len=256, dpo_completion_len=768, gen_batch=64, gen_prompt_len=128,
                     gen_new_tokens=256, warmup=2, steps=10, gen_calls=3, matmul_size=8192,
@@ -134,97 +128,6 @@ def per_shape(value: str, shape: str) -> int:
   if shape not in table:
     raise ValueError(f"no value for shape {shape!r} in {value!r}")
   return int(table[shape])
-
-
-def median_time(fn, calls: int) -> tuple[float, list[float]]:
-  """(median seconds, all seconds) of `calls` calls of fn, each waited for."""
-  times = []
-  for _ in range(calls):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times), times
-
-
-def one_line(err: BaseException) -> str:
-  text = " ".join(str(err).split())
-  return f"{type(err).__name__}: {text[:300]}"
-
-
-def finite(x):
-  """JSON-safe: non-finite floats become None (strict JSON, as metrics.jsonl)."""
-  return json.loads(json.dumps(x), parse_constant=lambda _: None)
-
-
-class Bench:
-  """Shared state of a run: device figures, mesh, time budget and the results so far."""
-
-  def __init__(self, args):
-    self.args, self.start = args, START
-    self.device = jax.devices()[0]
-    self.mesh = mesh_lib.make_mesh({"data": -1}, devices=[self.device])
-    self.rules = sharding_lib.DEFAULT_RULES
-    self.results = {"config": vars(args), "device": {}, "models": {}, "train": [],
-                    "generation": [], "skipped": []}
-
-  def elapsed(self) -> float:
-    return time.perf_counter() - self.start
-
-  def over_budget(self, label: str) -> bool:
-    if self.elapsed() < self.args.budget_s:
-      return False
-    print(f"  {label}: skipped (time budget {self.args.budget_s:.0f} s spent)")
-    self.results["skipped"].append(label)
-    return True
-
-  def flush(self) -> None:
-    if self.args.out:
-      with open(self.args.out, "w") as f:
-        json.dump(finite({**self.results, "total_s": self.elapsed()}), f, indent=1)
-
-  def memory_limit(self):
-    if self.args.memory_limit_gb:
-      return self.args.memory_limit_gb * 1e9
-    try:
-      return (self.device.memory_stats() or {}).get("bytes_limit")
-    except Exception:  # pylint: disable=broad-except
-      return None
-
-
-# ------------------------------------------------------------------ device peak and bandwidth
-
-
-def measure_device(bench: Bench) -> None:
-  """Spec peak / bandwidth of the device kind, and measured matmul and copy rates."""
-  a = bench.args
-  kind = bench.device.device_kind
-  spec = next((s for s in SPECS if s[0] in kind.lower()), None)
-  n = a.matmul_size
-  x = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
-  y = jax.random.normal(jax.random.key(1), (n, n), jnp.bfloat16)
-  dot = jax.jit(jnp.dot)
-  jax.block_until_ready(dot(x, y))
-  mm_s, _ = median_time(lambda: dot(x, y), 10)
-  matmul = 2 * n ** 3 / mm_s
-  buf = jnp.zeros((a.copy_mib * 2 ** 20 // 4,), jnp.float32)
-  add = jax.jit(lambda v: v + 1.0)
-  jax.block_until_ready(add(buf))
-  cp_s, _ = median_time(lambda: add(buf), 10)
-  copy = 2 * buf.nbytes / cp_s
-  peak, bw = (spec[1], spec[2]) if spec else (matmul, copy)
-  source = "spec" if spec else "measured"
-  bench.results["device"] = dict(kind=kind, platform=bench.device.platform, jax=jax.__version__,
-                                 peak_flops=peak, hbm_bytes_per_s=bw, peak_source=source,
-                                 matmul_size=n, matmul_flops=matmul, copy_bytes_per_s=copy,
-                                 attention_field=HAS_ATTENTION)
-  print(f"device {kind} ({bench.device.platform}), jax {jax.__version__}; peak bf16 "
-        f"{peak / 1e12:.4g} TFLOP/s, HBM {bw / 1e12:.3g} TB/s ({source})")
-  print(f"  bf16 matmul {n}^3 (jnp.dot, median of 10): {mm_s * 1e3:.3f} ms = "
-        f"{matmul / 1e12:.4g} TFLOP/s ({matmul / peak:.0%} of peak)")
-  print(f"  copy x + 1 over {a.copy_mib} MiB (read + write): {copy / 1e12:.3g} TB/s "
-        f"({copy / bw:.0%} of the bandwidth used)")
-  if not HAS_ATTENTION:
-    print("  ModelConfig has no `attention` field: one SFT row per shape, the model's attention")
 
 
 # ------------------------------------------------------------------------- train steps
@@ -289,18 +192,6 @@ class ShapeState:
     return self.state
 
 
-def memory_need(compiled):
-  """Bytes the executable needs per device: arguments + outputs - donated + temporaries."""
-  try:
-    m = compiled.memory_analysis()
-    get = lambda k: int(getattr(m, k, 0) or 0)
-    need = (get("argument_size_in_bytes") + get("output_size_in_bytes")
-            - get("alias_size_in_bytes") + get("temp_size_in_bytes"))
-    return need or None
-  except Exception:  # pylint: disable=broad-except
-    return None
-
-
 def compile_step(bench: Bench, holder: ShapeState, make_step, cfg, batch):
   """(compiled step, compile seconds, bytes needed) of make_step(graphdef), jitted as loop.py."""
   graphdef, _ = state_lib.abstract_model(lambda rngs: Transformer(cfg, rngs=rngs))
@@ -349,22 +240,6 @@ def run_train_row(bench: Bench, holder: ShapeState, row: dict, make_step, batch,
              tflops_per_s=flops_per_step / step_s / 1e12, mfu=flops_per_step / step_s / peak,
              memory_gb=need / 1e9 if need else None, loss=float(metrics["loss"]))
   return row
-
-
-TRAIN_HEADER = (f"{'stage':5} {'shape':9} {'attention':9} {'remat':8} {'B':>4} {'S':>5} "
-                f"{'tokens':>7} {'compile s':>9} {'step ms':>9} {'tokens/s':>11} "
-                f"{'TFLOP/s':>8} {'MFU':>6} {'mem GB':>7}")
-
-
-def train_line(r: dict) -> str:
-  head = (f"{r['stage']:5} {r['shape']:9} {r['attention'] or '-':9} ")
-  if "error" in r:
-    return head + f"FAILED: {r['error']}"
-  mem = f"{r['memory_gb']:7.1f}" if r.get("memory_gb") else f"{'?':>7}"
-  remat = REMAT_SHORT.get(r["remat"], r["remat"])
-  return head + (f"{remat:8} {r['B']:>4} {r['S']:>5} {r['tokens']:>7} "
-                 f"{r['compile_s']:9.1f} {r['step_s'] * 1e3:9.2f} {r['tokens_per_s']:11,.0f} "
-                 f"{r['tflops_per_s']:8.2f} {r['mfu']:6.1%} {mem}")
 
 
 def train_row(bench: Bench, holder: ShapeState, row: dict, *args) -> None:
@@ -455,22 +330,6 @@ def bench_generation(bench: Bench, shape: str, holder: ShapeState) -> None:
   bench.flush()
 
 
-GEN_HEADER = (f"{'shape':9} {'B':>4} {'P':>5} {'T':>5} {'compile s':>9} {'call ms':>9} "
-              f"{'tokens/s':>10} {'TFLOP/s':>8} {'w f32 GB':>8} {'KV GB':>6} "
-              f"{'roof f32':>10} {'%':>5} {'roof bf16':>10} {'%':>5}")
-
-
-def gen_line(r: dict) -> str:
-  head = f"{r['shape']:9} {r['B']:>4} {r['P']:>5} {r['T']:>5} "
-  if "error" in r:
-    return head + f"FAILED: {r['error']}"
-  return head + (f"{r['compile_s']:9.1f} {r['call_s'] * 1e3:9.1f} {r['tokens_per_s']:10,.0f} "
-                 f"{r['tflops_per_s']:8.2f} {r['weight_bytes_f32'] / 1e9:8.2f} "
-                 f"{r['kv_bytes_per_step'] / 1e9:6.2f} {r['roofline_f32_tokens_per_s']:10,.0f} "
-                 f"{r['of_roofline_f32']:5.0%} {r['roofline_bf16_tokens_per_s']:10,.0f} "
-                 f"{r['of_roofline_bf16']:5.0%}")
-
-
 # --------------------------------------------------------------------------------- main
 
 
@@ -518,8 +377,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
   args = parse_args(argv)
   warnings.filterwarnings("ignore", message=".*donated buffers.*")
-  bench = Bench(args)
-  measure_device(bench)
+  bench = Bench(args, START)
+  measure_device(bench, has_attention=HAS_ATTENTION)
   shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
   print("\nmodels (compute " + args.dtype + ", params float32):")
   cfgs = {}

@@ -130,15 +130,11 @@ def make_sampler(s: Setup, config, plain_sh) -> Optional[samples.Sampler]:
   index = np.asarray(arrays["prompt_index"][:n])
   scores_fn = None
   if s.rm is not None:  # the learned reward model's scores of the completions, on device
-    fixed = {"ref": s.sft.params, "rm": s.rm}
-    score = rollout_lib.make_score_fn(
-        s.sft.graphdef, mesh=s.mesh,
-        shardings={"policy": plain_sh, **rollout_lib.shardings_of(fixed, s.mesh)},
-        rm_graphdef=s.rm_graphdef, rm_combine=config.reward.ensemble_combine,
-        rm_lambda=config.reward.ensemble_lambda, rescore_policy=False)
-    scores_fn = lambda policy, pt, pm, out: score(
-        {"policy": policy, **fixed}, pt, pm, out.tokens_BxT, out.mask_BxT,
-        out.logp_BxT)["rm_scores"]
+    rm_score = rollout_lib.make_rm_score_fn(
+        s.rm_graphdef, mesh=s.mesh, rm_sharding=rollout_lib.shardings_of(s.rm, s.mesh),
+        combine=config.reward.ensemble_combine, lam=config.reward.ensemble_lambda)
+    scores_fn = lambda policy, pt, pm, out: rm_score(s.rm, pt, pm, out.tokens_BxT,
+                                                     out.mask_BxT)
 
   def rewards(prompts, completions, rm_scores) -> dict:
     del prompts  # the Setup knows them by index

@@ -141,10 +141,7 @@ def make_score_fn(policy_graphdef, *, mesh, shardings: dict, ref_graphdef=None,
     values = (value_fn(params["critic"], params["policy"], *rows) if value_fn is not None
               else jnp.zeros_like(old))
     if "rm" in params:
-      rm = params["rm"]
-      scores_ExB = jax.vmap(lambda p: score_values(rm_graphdef, p, *rows).last_B)(rm.params)
-      scores_ExB = learned.normalize(scores_ExB, rm.normalization)
-      rm_scores = learned.combine(scores_ExB, mode=rm_combine, lam=rm_lambda)
+      rm_scores = _rm_scores(rm_graphdef, params["rm"], rows, rm_combine, rm_lambda)
     else:
       rm_scores = jnp.zeros(old.shape[:1], jnp.float32)
     return {"old_logp": old, "ref_logp": ref, "values": values, "rm_scores": rm_scores}
@@ -152,6 +149,22 @@ def make_score_fn(policy_graphdef, *, mesh, shardings: dict, ref_graphdef=None,
   b1, b2 = _batch(mesh, 1), _batch(mesh, 2)
   out = {"old_logp": b2, "ref_logp": b2, "values": b2, "rm_scores": b1}
   return jax.jit(score, in_shardings=(shardings, b2, b2, b2, b2, b2), out_shardings=out)
+
+
+def _rm_scores(rm_graphdef, rm, rows, combine: str, lam: float):
+  """[B] scores of the rows by a learned RM: each member's last-token value, normalised, then
+  the members combined (rewards/learned.py)."""
+  scores_ExB = jax.vmap(lambda p: score_values(rm_graphdef, p, *rows).last_B)(rm.params)
+  return learned.combine(learned.normalize(scores_ExB, rm.normalization), mode=combine, lam=lam)
+
+
+def make_rm_score_fn(rm_graphdef, *, mesh, rm_sharding, combine: str = "mean",
+                     lam: float = 0.0) -> Callable:
+  """Jitted `(rm, prompt_tokens, prompt_mask, tokens, mask) -> rm_scores_B`: the learned reward
+  model alone, as make_score_fn scores it (for rows that need no log-probs, e.g. samples)."""
+  b1, b2 = _batch(mesh, 1), _batch(mesh, 2)
+  return jax.jit(lambda rm, *rows: _rm_scores(rm_graphdef, rm, rows, combine, lam),
+                 in_shardings=(rm_sharding, b2, b2, b2, b2), out_shardings=b1)
 
 
 host_array = sharding_lib.host_array  # the full value of a sharded array on every host

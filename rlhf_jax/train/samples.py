@@ -22,7 +22,6 @@ from rlhf_jax.parallel import sharding as sharding_lib
 from rlhf_jax.rewards import functions as reward_fns
 
 
-
 def count(config) -> int:
   """How many held-out prompts each evaluation answers (train.eval_samples; 0 = none)."""
   return int(config.train.get("eval_samples", 0))
@@ -59,8 +58,7 @@ class Sampler:
     prompt_tokens, prompt_mask = to_device(self.tokens), to_device(self.mask)
     out = self.generate(params, prompt_tokens, prompt_mask, jax.random.key(0))
     tokens, mask = (sharding_lib.host_array(x)[:self.n] for x in (out.tokens_BxT, out.mask_BxT))
-    completions = [self.tok.decode([int(t) for t, m in zip(row, m_row) if m])
-                   for row, m_row in zip(tokens, mask)]
+    completions = reward_fns.decode_completions(self.tok, tokens, mask)
     scores = (None if self.scores_fn is None else
               sharding_lib.host_array(self.scores_fn(params, prompt_tokens, prompt_mask,
                                                      out))[:self.n])
@@ -81,8 +79,7 @@ def from_rows(graphdef, tokens_NxS, mask_NxS, *, prompt_len: int, n: int, mesh,
     return None
   tokens = np.asarray(tokens_NxS)[:n, :prompt_len]
   mask = np.asarray(mask_NxS)[:n, :prompt_len]
-  prompts = [tokenizer.decode([int(t) for t, m in zip(row, m_row) if m])
-             for row, m_row in zip(tokens, mask)]
+  prompts = reward_fns.decode_completions(tokenizer, tokens, mask)
   gold = None
   if task is not None and hasattr(task, "gold_reward"):
     gold = lambda p, c, _: {"gold_reward": reward_fns.gold_scores(task, p, c)}
