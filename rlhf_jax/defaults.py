@@ -58,14 +58,15 @@ def base_config() -> ml_collections.ConfigDict:
   # attention: auto | xla | cudnn (models/attention.py; auto = cuDNN flash attention on a GPU
   # in bfloat16/float16, XLA otherwise). lm_head_chunk: > 0 computes the SFT loss and completion
   # log-probs that many vocabulary columns at a time, never the whole [B, T, V] logits (large
-  # vocabularies; models/lm_head.py); 0 = off.
+  # vocabularies; models/lm_head.py); 0 = off. scan_layers: the blocks as one jax.lax.scan in
+  # training and scoring (compiles the block once, not once per layer; models/scan.py).
   # hf_path: a Hugging Face checkpoint directory (config.json + *.safetensors + tokenizer.model
   # or tokenizer.json) to start the sft stage (or a reward model's backbone) from: its shape
   # (preset, family and the tokenizer fields are then ignored), its weights (loaded sharded) and
   # its tokenizer (stages/common.py).
   c.model = ml_collections.ConfigDict({"preset": "tiny", "family": "llama", "dtype": "float32",
                                        "remat": "none", "attention": "auto", "lm_head_chunk": 0,
-                                       "hf_path": ""})
+                                       "scan_layers": False, "hf_path": ""})
   # LoRA adapters (train/lora.py): rank 0 = off (full fine-tuning); targets: weight names
   # (wq, wk, wv, wo, w_gate, w_up, w_down) or groups (attn, mlp, all), comma-separated.
   c.lora = ml_collections.ConfigDict({"rank": 0, "alpha": 16.0, "targets": "all"})

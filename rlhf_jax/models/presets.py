@@ -53,6 +53,8 @@ class ModelConfig:
   it changes speed and memory, not values (up to rounding).
   lm_head_chunk: > 0 computes the log-probs of given tokens (the SFT loss, completion scoring)
   C vocabulary columns at a time, never the whole [B, T, V] logits (models/lm_head.py); 0 = off.
+  scan_layers: run the blocks of passes without a KV cache as one jax.lax.scan (models/scan.py):
+  the block compiles once instead of once per layer; same values up to rounding.
 
   Architecture options (defaults = Llama):
     family: label of the model family (see FAMILIES); Hugging Face export writes this family.
@@ -83,6 +85,7 @@ class ModelConfig:
   remat: str = "none"
   attention: str = "auto"
   lm_head_chunk: int = 0
+  scan_layers: bool = False
   family: str = "llama"
   norm: str = "rms"
   norm_scale_offset: float = 0.0

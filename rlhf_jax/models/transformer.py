@@ -35,6 +35,7 @@ from rlhf_jax.models.layers import (MLP, LayerNorm, RMSNorm, apply_rope, einsum_
 from rlhf_jax.models.lora import project
 from rlhf_jax.models.presets import ModelConfig
 from rlhf_jax.models.remat import remat_block
+from rlhf_jax.models.scan import scan_blocks
 
 __all__ = ["Attention", "Block", "LayerCache", "LayerNorm", "MLP", "RMSNorm", "Transformer",
            "apply_rope", "positions_from_mask"]
@@ -160,7 +161,8 @@ class Transformer(nnx.Module):
     """Final hidden states [B, S, D] (and the updated cache when one is given).
 
     Without a cache, keys are the S input tokens and `kv_mask_BxL` defaults to `mask_BxS`, and
-    each block is rematerialised in the backward pass as `cfg.remat` says (models/remat.py).
+    each block is rematerialised in the backward pass as `cfg.remat` says (models/remat.py),
+    and with `cfg.scan_layers` the blocks run as one scan (models/scan.py).
     With a cache of length L, the inputs occupy slots [cache_index, cache_index + S) and
     `kv_mask_BxL` must mark every real slot of the whole cache.
     `segment_ids_BxS` (packed rows, no cache): attention stays within a segment; pass the
@@ -176,6 +178,10 @@ class Transformer(nnx.Module):
         raise ValueError("Transformer.hidden: kv_mask_BxL is required with a cache")
       kv_mask_BxL = mask_BxS
     x = self.embed_tokens(tokens_BxS, positions_BxS)
+    if cache is None and self.cfg.scan_layers:
+      x = scan_blocks(list(self.layers), self.cfg.remat, x, positions_BxS, kv_mask_BxL,
+                      cache_index, segment_ids_BxS)
+      return self.final_norm(x), None
     new_cache = []
     for i, layer in enumerate(self.layers):
       if cache is None and self.cfg.remat != "none":

@@ -25,13 +25,13 @@ COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def apply_model_options(model_cfg: models.ModelConfig, config) -> models.ModelConfig:
-  """model_cfg with the run's runtime options: config.model.remat, .attention and .lm_head_chunk
-  (where the config has them).
+  """model_cfg with the run's runtime options: config.model.remat, .attention, .lm_head_chunk and
+  .scan_layers (where the config has them).
 
   Runtime options only: a checkpoint's shapes and its stored compute dtype are kept."""
   check_compute_dtype(model_cfg.dtype)
   model = config.model if "model" in config else {}
-  options = {k: model[k] for k in ("remat", "attention", "lm_head_chunk") if model.get(k, None)}
+  options = {k: model[k] for k in ("remat", "attention", "lm_head_chunk", "scan_layers") if model.get(k, None)}
   return dataclasses.replace(model_cfg, **options) if options else model_cfg
 
 

@@ -14,8 +14,8 @@ SAFE_ON_RESUME only (and records the new config):
 (cadence and length of the run, the learning rate from here on, where cached data lives, and the
 device layout: orbax restores into any sharding). Fields of IGNORED never count (they steer one
 invocation, not the experiment): train.stop_at_step, train.allow_config_change,
-train.tensorboard, train.aot_memory, model.attention and model.lm_head_chunk (how, not what,
-is computed), logging.*, distributed.*.
+train.tensorboard, train.aot_memory, model.attention, model.lm_head_chunk and model.scan_layers
+(how, not what, is computed), logging.*, distributed.*.
 
 Lock: process 0 holds an exclusive `fcntl.flock` on `<workdir>/.lock` while the run lasts, so a
 second run into the same workdir is refused with the holder's pid, host and start time. The
@@ -43,8 +43,8 @@ SAFE_ON_RESUME = ("train.num_steps", "train.eval_every", "train.eval_examples",
                   "train.log_every", "train.nonfinite", "train.nonfinite_max_skips",
                   "optimizer.lr", "data.data_dir", "mesh.", "logical_axis_rules")
 IGNORED = ("train.stop_at_step", "train.allow_config_change", "train.tensorboard",
-           "train.aot_memory", "model.attention", "model.lm_head_chunk", "logging.",
-           "distributed.")
+           "train.aot_memory", "model.attention", "model.lm_head_chunk", "model.scan_layers",
+           "logging.", "distributed.")
 
 
 class ConfigChangedError(ValueError):
