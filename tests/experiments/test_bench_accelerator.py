@@ -89,3 +89,23 @@ def test_smoke_run_reports_every_section(tmp_path):
       assert _positive(g[key]), key
     assert g["roofline_bf16_tokens_per_s"] > g["roofline_f32_tokens_per_s"]
     assert g["weight_bytes_f32"] == 4 * flops.matmul_params(cfg)
+
+
+def test_bench_stages_ours_only_runs_every_stage(tmp_path):
+  """experiments/bench_stages.py --ours-only (the path that needs no TRL): each offline stage's
+  real step compiles, runs, and reports its tokens, FLOPs and a finite first loss."""
+  out = tmp_path / "stages.json"
+  proc = subprocess.run(
+      [sys.executable, "experiments/bench_stages.py", "--ours-only", "--presets", "tiny",
+       "--rounds", "1", "--steps", "1", "--warmup", "1", "--batch", "2", "--seq", "16",
+       "--prompt-len", "4", "--out", str(out)],
+      cwd=REPO, env=xla.subprocess_env(1), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  rows = json.loads(out.read_text())["stages"]
+  assert [r["stage"] for r in rows] == ["sft", "rm", "dpo"]
+  cfg = bench.model_config("tiny", bench.parse_args(["--smoke", "--dtype", "float32"]))
+  for r in rows:
+    assert _positive(r["ours_step_s"]) and _positive(r["loss_ours"]), r
+    assert r["tokens"] == (2 * 16 if r["stage"] == "sft" else 2 * 2 * 16), r
+  assert rows[0]["flops"] == pytest.approx(flops.train_flops(
+      dataclasses.replace(cfg, vocab_size=512), 2, 16), rel=1e-9)
