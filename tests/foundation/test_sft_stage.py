@@ -17,9 +17,9 @@ from rlhf_jax.train import export, loop, metrics as metrics_lib, optimizer, sft 
 from rlhf_jax.train import state as state_lib
 
 
-def _one_step(mesh_shape, devices, batch, config):
+def _one_step(mesh_shape, devices, batch, config, scan_layers=False):
   mesh = mesh_lib.make_mesh(mesh_shape, devices)
-  cfg = models.get_model_config("tiny", vocab_size=64)
+  cfg = models.get_model_config("tiny", vocab_size=64, scan_layers=scan_layers)
   tx = optimizer.make_optimizer(config.optimizer, 10)
   rules = tuple(tuple(r) for r in config.logical_axis_rules)
   graphdef, state, shardings = state_lib.init_state(
@@ -29,8 +29,7 @@ def _one_step(mesh_shape, devices, batch, config):
   return jax.device_get(state.params), jax.device_get(metrics), state
 
 
-def test_shard_equivalence_8_devices_vs_1():
-  assert jax.device_count() == 8
+def _sgd_config_and_batch():
   # SGD makes the update linear in the gradient, so parameter agreement tests the sharded
   # gradient itself (Adam's g/(|g|+eps) amplifies float noise where g ~ 0).
   config = configlib.get("configs/sft.py:test", [("optimizer.warmup_steps", "0"),
@@ -42,10 +41,18 @@ def test_shard_equivalence_8_devices_vs_1():
   tokens = tokens * mask
   completion_mask = np.zeros_like(tokens)
   completion_mask[:, 8:] = 1
-  batch = {"tokens": tokens, "mask": mask, "completion_mask": completion_mask}
+  return config, {"tokens": tokens, "mask": mask, "completion_mask": completion_mask}
 
+
+@pytest.mark.parametrize("scan_layers", [False, True], ids=["unrolled", "scanned"])
+def test_shard_equivalence_8_devices_vs_1(scan_layers):
+  """One unrolled 1-device step against the 8-device step (scanned: model.scan_layers stacks
+  the sharded per-layer weights inside the step)."""
+  assert jax.device_count() == 8
+  config, batch = _sgd_config_and_batch()
   p1, m1, _ = _one_step({"data": 1}, jax.devices()[:1], batch, config)
-  p8, m8, s8 = _one_step({"data": 2, "fsdp": 2, "tensor": 2}, jax.devices(), batch, config)
+  p8, m8, s8 = _one_step({"data": 2, "fsdp": 2, "tensor": 2}, jax.devices(), batch, config,
+                         scan_layers)
   # The 8-device state really is sharded over all three axes.
   wq = s8.params["layers"][0]["attn"]["wq"]
   assert wq.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
