@@ -86,7 +86,7 @@ import numpy as np  # noqa: E402
 from rlhf_jax.generation import SamplingConfig, make_generate_fn  # noqa: E402
 from rlhf_jax.models import ModelConfig, Transformer, flops, get_model_config  # noqa: E402
 from rlhf_jax.parallel import sharding as sharding_lib  # noqa: E402
-from rlhf_jax.train import dpo as dpo_steps, optimizer as optimizer_lib  # noqa: E402
+from rlhf_jax.train import dpo as dpo_steps, loop, optimizer as optimizer_lib  # noqa: E402
 from rlhf_jax.train import sft as sft_steps, state as state_lib  # noqa: E402
 from experiments.accelerator_lib import (  # noqa: E402
     FALLBACK_REMAT, GEN_HEADER, TRAIN_HEADER, Bench, finite, gen_line, measure_device,
@@ -192,17 +192,20 @@ class ShapeState:
     return self.state
 
 
-def compile_step(bench: Bench, holder: ShapeState, make_step, cfg, batch):
-  """(compiled step, compile seconds, bytes needed) of make_step(graphdef), jitted as loop.py."""
-  graphdef, _ = state_lib.abstract_model(lambda rngs: Transformer(cfg, rngs=rngs))
-  state = holder.get()
-  batch_sh = {k: sharding_lib.batch_sharding(bench.mesh, v.ndim) for k, v in batch.items()}
-  repl = sharding_lib.replicated(bench.mesh)
-  jitted = jax.jit(make_step(graphdef), in_shardings=(holder.shardings, batch_sh, repl),
-                   out_shardings=(holder.shardings, repl), donate_argnums=0)
+def compile_train_step(bench: Bench, step, shardings, state, batch):
+  """(compiled step, compile seconds, bytes needed): `step` jitted by train/loop.py's
+  jit_train_step (explicit shardings, state donated), compiled ahead of time."""
+  jitted = loop.jit_train_step(step, shardings, batch, bench.mesh)
   start = time.perf_counter()
   compiled = jitted.lower(state, batch, jax.random.key(0)).compile()
   return compiled, time.perf_counter() - start, memory_need(compiled)
+
+
+def compile_step(bench: Bench, holder: ShapeState, make_step, cfg, batch):
+  """compile_train_step of make_step(graphdef) for a Transformer of `cfg` on holder's state."""
+  graphdef, _ = state_lib.abstract_model(lambda rngs: Transformer(cfg, rngs=rngs))
+  state = holder.get()  # (re)initialises the state and its shardings
+  return compile_train_step(bench, make_step(graphdef), holder.shardings, state, batch)
 
 
 def run_train_row(bench: Bench, holder: ShapeState, row: dict, make_step, batch,

@@ -83,13 +83,12 @@ import numpy as np  # noqa: E402
 
 from rlhf_jax import defaults  # noqa: E402
 from rlhf_jax.models import Transformer, flops, get_model_config  # noqa: E402
-from rlhf_jax.parallel import sharding as sharding_lib  # noqa: E402
 from rlhf_jax.train import dpo as dpo_steps, export, mfu as mfu_lib  # noqa: E402
 from rlhf_jax.train import optimizer as optimizer_lib, reward_model as rm_steps  # noqa: E402
 from rlhf_jax.train import sft as sft_steps, state as state_lib  # noqa: E402
 from experiments.accelerator_lib import Bench, finite, median_time  # noqa: E402
 from experiments.bench_accelerator import (  # noqa: E402
-    ShapeState, compile_step, dpo_batch, dpo_flops, put, sft_batch)
+    ShapeState, compile_step, compile_train_step, dpo_batch, dpo_flops, put, sft_batch)
 from experiments.bench_generation import PAUSE_S  # noqa: E402
 
 WORKER = os.path.join(ROOT, "experiments", "trl_stage_worker.py")
@@ -143,11 +142,7 @@ def setup_ours(bench: Bench, stage: str, cfg, a) -> types.SimpleNamespace:
     placed = put(bench, batch)
     step = rm_steps.make_train_step(graphdef, tx, loss_name="bradley_terry", loss_kwargs={},
                                     ensemble_size=1, data_fraction=1.0, seed=0)
-    batch_sh = {k: sharding_lib.batch_sharding(bench.mesh, v.ndim) for k, v in batch.items()}
-    repl = sharding_lib.replicated(bench.mesh)
-    jitted = jax.jit(step, in_shardings=(shardings, batch_sh, repl),
-                     out_shardings=(shardings, repl), donate_argnums=0)  # as compile_step
-    compiled = jitted.lower(state, placed, jax.random.key(0)).compile()
+    compiled, _, _ = compile_train_step(bench, step, shardings, state, placed)
     tokens, model_flops = 2 * b * s, 2 * flops.train_flops(cfg, b, s, lm_head=False)
   else:
     holder = ShapeState(bench, cfg)

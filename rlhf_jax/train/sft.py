@@ -58,7 +58,7 @@ def sft_objective(graphdef, params, batch, *, num_tokens=None):
     hidden_BxTxD = jnp.where(mask_BxT[..., None] > 0, hidden_BxTxD, 0)  # no NaN from padding
     nll_BxT = -model.token_logps(hidden_BxTxD, targets_BxT) * mask_BxT
   else:
-    nll_BxT = sft.sft_loss(model.logits(_hidden(model, batch))[:, :-1], targets_BxT, mask_BxT)
+    nll_BxT = sft.sft_loss(*shifted(graphdef, params, batch))
   batch_tokens = jnp.sum(mask_BxT)
   n = batch_tokens if num_tokens is None else num_tokens
   loss = jnp.sum(nll_BxT) / jnp.maximum(n, 1.0)

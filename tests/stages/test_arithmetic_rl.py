@@ -60,7 +60,10 @@ def sft_run(tmp_path_factory):
   identically by the next invocation) at steps 500, 600, ... until the held-out greedy accuracy
   reaches START_ACCURACY, then exported at that step."""
   root = tmp_path_factory.mktemp("arithmetic")
-  base = [f"--config.data.data_dir={root / 'data'}", "--config.train.eval_every=100",
+  # eval_every past the run: the SFT evaluates at step 0 and where it stops (the last step of
+  # each invocation always evaluates), not at every multiple of 100 before 500
+  base = [f"--config.data.data_dir={root / 'data'}",
+          f"--config.train.eval_every={SFT_MAX_STEPS}",
           f"--config.train.eval_samples={EVAL_EXAMPLES}"]
   accuracy = {}
   for stop in range(500, SFT_MAX_STEPS + 1, 100):
@@ -73,7 +76,7 @@ def sft_run(tmp_path_factory):
   else:
     pytest.fail(f"SFT never reached greedy accuracy {START_ACCURACY}: {accuracy}")
   # Resumed at its last checkpoint with num_steps = that step: nothing left to train; exports.
-  sft = [f"--config.train.num_steps={stop}", "--config.train.eval_every=100",
+  sft = [f"--config.train.num_steps={stop}", f"--config.train.eval_every={SFT_MAX_STEPS}",
          f"--config.train.eval_samples={EVAL_EXAMPLES}"]
   _main("configs/sft.py", root / "sft", f"--config.data.data_dir={root / 'data'}", *sft,
         "--config.train.allow_config_change=True")
