@@ -79,6 +79,18 @@ def matmul_gflops(size: int = 1024, runs: int = 5) -> float:
 
 # ---------------------------------------------------------------- transformers (child process)
 
+def flat_weights(params, prefix: str) -> dict[str, np.ndarray]:
+  """{prefix + 'layers/0/attn/wq': array, ...}: the weights as the torch side reads them
+  (build_hf)."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  out = {}
+  for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+    name = "/".join(str(getattr(e, "key", getattr(e, "idx", e))) for e in path)
+    out[prefix + name] = np.asarray(x)
+  return out
+
+
 def build_hf(cfg, flat):
   """A transformers LlamaForCausalLM with our shapes and our weights (float32, eval mode).
 
@@ -198,10 +210,7 @@ def bench_preset(preset, args):
   params = nnx.to_pure_dict(state)
   rng = np.random.default_rng(args.seed)
   p, t = args.prompt_len, args.new_tokens
-  data = {}
-  for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:  # "w:layers/0/attn/wq" ...
-    name = "/".join(str(getattr(e, "key", getattr(e, "idx", e))) for e in path)
-    data["w:" + name] = np.asarray(x)
+  data = flat_weights(params, "w:")
   data["check_tokens"] = rng.integers(3, cfg.vocab_size, (4, p)).astype(np.int32)
   data["check_mask"] = np.ones((4, p), np.int32)
   data["check_mask"][1, : p // 2] = 0  # a left-padded row too

@@ -89,7 +89,7 @@ from rlhf_jax.train import sft as sft_steps, state as state_lib  # noqa: E402
 from experiments.accelerator_lib import Bench, finite, median_time  # noqa: E402
 from experiments.bench_accelerator import (  # noqa: E402
     ShapeState, compile_step, compile_train_step, dpo_batch, dpo_flops, put, sft_batch)
-from experiments.bench_generation import PAUSE_S  # noqa: E402
+from experiments.bench_generation import PAUSE_S, flat_weights  # noqa: E402
 
 WORKER = os.path.join(ROOT, "experiments", "trl_stage_worker.py")
 STAGES = ("sft", "rm", "dpo")
@@ -100,15 +100,6 @@ OPTIMIZER = dict(name="adamw", lr=1e-5, schedule="cosine", warmup_steps=10, end_
 SCHEDULE_STEPS = 1000
 DPO_LOSS = types.SimpleNamespace(name="dpo", beta=0.1, label_smoothing=0.0, sft_coef=0.0,
                                  simpo_gamma=0.0)
-
-
-def flat(params, prefix: str) -> dict:
-  """{prefix + 'layers/0/attn/wq': array, ...}: bench_generation.build_hf's weight names."""
-  out = {}
-  for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
-    out[prefix + "/".join(str(getattr(e, "key", getattr(e, "idx", e))) for e in path)] = (
-        np.asarray(x))
-  return out
 
 
 def child_env(quiet: bool) -> dict:
@@ -134,7 +125,7 @@ def setup_ours(bench: Bench, stage: str, cfg, a) -> types.SimpleNamespace:
     make_model = lambda rngs: export.make_model("scalar", cfg, rngs)
     graphdef, state, shardings = state_lib.init_ensemble_state(make_model, tx, bench.mesh,
                                                                bench.rules, [0])
-    data = flat(jax.tree.map(lambda x: x[0], state.params), "w:")  # the one member
+    data = flat_weights(jax.tree.map(lambda x: x[0], state.params), "w:")  # the one member
     pairs = dpo_batch(cfg, b, p, s - p, rng)
     batch = {k: pairs[k] for k in ("chosen_tokens", "chosen_mask", "rejected_tokens",
                                    "rejected_mask")}
@@ -148,7 +139,7 @@ def setup_ours(bench: Bench, stage: str, cfg, a) -> types.SimpleNamespace:
     holder = ShapeState(bench, cfg)
     holder.tx = tx
     state = holder.get()
-    data = flat(state.params, "w:")
+    data = flat_weights(state.params, "w:")
     if stage == "sft":
       batch = sft_batch(cfg, b, s, rng)
       make = lambda g: sft_steps.make_train_step(g, tx)
@@ -161,7 +152,7 @@ def setup_ours(bench: Bench, stage: str, cfg, a) -> types.SimpleNamespace:
                                             bench.mesh, bench.rules, seed=1)
       ref_c, ref_r = jax.jit(dpo_steps.make_reference_step(graphdef, p))(ref, put(bench, batch))
       batch.update(ref_chosen_logps=np.asarray(ref_c), ref_rejected_logps=np.asarray(ref_r))
-      data.update(flat(ref, "r:"))
+      data.update(flat_weights(ref, "r:"))
       make = lambda g: dpo_steps.make_train_step(g, tx, DPO_LOSS, p)
       tokens, model_flops = 2 * b * s, dpo_flops(cfg, b, p, s - p)
     placed = put(bench, batch)

@@ -26,6 +26,7 @@ import numpy as np
 
 from rlhf_jax.tasks import exact
 from rlhf_jax.train import export
+from rlhf_jax.train.jsonl import read_jsonl
 
 from experiments.overopt import bon, fits, runs, world as world_lib
 
@@ -56,11 +57,6 @@ def write_jsonl(path: str, rows: list[dict]) -> None:
   with open(path, "w") as f:
     for row in rows:
       f.write(json.dumps(_clean(row), sort_keys=True) + "\n")
-
-
-def read_jsonl(path: str) -> list[dict]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 # ------------------------------------------------------------------------------------ proxies

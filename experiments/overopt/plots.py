@@ -33,6 +33,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import numpy as np  # noqa: E402
 
+from rlhf_jax.train.jsonl import read_jsonl  # noqa: E402  (JAX-free too)
 from experiments.overopt import fits as fits_lib  # noqa: E402  (numpy only: no JAX in notebooks)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -52,11 +53,6 @@ def figure_dir() -> str:
     _figure_dir = os.environ.get("OVEROPT_FIGURES") or tempfile.mkdtemp(prefix="overopt_figures_")
     os.makedirs(_figure_dir, exist_ok=True)
   return _figure_dir
-
-
-def read_jsonl(path: str) -> list[dict]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 @dataclasses.dataclass

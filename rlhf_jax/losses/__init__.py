@@ -59,6 +59,7 @@ from rlhf_jax.losses.reward import bradley_terry_loss
 from rlhf_jax.losses.reward import pairwise_accuracy
 from rlhf_jax.losses.reward import plackett_luce_loss
 from rlhf_jax.losses.sft import sft_loss
+from rlhf_jax.losses.sft import sft_loss_from_logps
 from rlhf_jax.losses.shaping import overlong_penalty
 
 __all__ = [
@@ -71,5 +72,5 @@ __all__ = [
     "ppo_policy_loss", "ppo_policy_metrics", "ptx_loss", "tis_weights", "reduce_token_logps", "register",
     "reinforce_advantages", "reinforce_pp_advantages", "rloo_advantages", "sequence_kl",
     "sequence_logps", "sequence_to_token",
-    "sft_loss", "simpo_loss", "token_entropy", "token_logps", "value_loss", "whiten",
+    "sft_loss", "sft_loss_from_logps", "simpo_loss", "token_entropy", "token_logps", "value_loss", "whiten",
 ]

@@ -46,3 +46,24 @@ def sft_loss(logits_BxTxV: jax.Array, tokens_BxT: jax.Array, mask_BxT: jax.Array
     uniform_ce_BxT = jax.nn.logsumexp(logits, axis=-1) - jnp.mean(logits, axis=-1)
     nll_BxT = (1.0 - label_smoothing) * nll_BxT + label_smoothing * uniform_ce_BxT
   return jnp.where(valid, nll_BxT, 0.0)
+
+
+def sft_loss_from_logps(logps_BxT: jax.Array, mask_BxT: jax.Array) -> jax.Array:
+  r"""`sft_loss` without label smoothing, from the target tokens' log-probs.
+
+  .. math::
+      \ell_t = -m_t \log p(y_t)
+
+  For callers that never materialise the [B, T, V] logits (the chunked LM head,
+  models/lm_head.py, computes log p(y_t) a vocabulary chunk at a time). Masked positions are 0
+  even where their log-prob is NaN or infinite (padding), in the loss and in its gradient.
+
+  Args:
+    logps_BxT: [B, T] log p(y_t) of each target token.
+    mask_BxT: [B, T] 1 for tokens that count, 0 otherwise.
+
+  Returns:
+    loss_BxT: [B, T] float32, 0 where the mask is 0.
+  """
+  _checks.check_same_shape("sft_loss_from_logps", logps_BxT=logps_BxT, mask_BxT=mask_BxT)
+  return jnp.where(mask_BxT > 0, -_checks.as_float(logps_BxT), 0.0)

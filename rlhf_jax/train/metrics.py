@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from rlhf_jax.train import wandb_sink
+from rlhf_jax.train.jsonl import read_jsonl  # noqa: F401  (metrics_lib.read_jsonl)
 
 NONFINITE_KEYS = "nonfinite_keys"
 SAMPLES = "samples"  # an evaluation's generated samples (train/samples.py), not a metric
@@ -151,13 +152,3 @@ class MetricsWriter:
       self._tb.close()
     if self._wandb is not None:
       self._wandb.close()
-
-
-def read_jsonl(path: str, *, strict: bool = True) -> list[dict]:
-  """The rows of a metrics file; strict (the default) rejects NaN/Infinity literals."""
-  def reject(name):
-    raise ValueError(f"{path}: non-standard JSON constant {name}")
-
-  kwargs = {"parse_constant": reject} if strict else {}
-  with open(path) as f:
-    return [json.loads(line, **kwargs) for line in f if line.strip()]

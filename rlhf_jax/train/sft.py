@@ -56,7 +56,7 @@ def sft_objective(graphdef, params, batch, *, num_tokens=None):
   if model.cfg.lm_head_chunk > 0:  # the vocabulary a chunk at a time (models/lm_head.py)
     hidden_BxTxD = _hidden(model, batch)[:, :-1]
     hidden_BxTxD = jnp.where(mask_BxT[..., None] > 0, hidden_BxTxD, 0)  # no NaN from padding
-    nll_BxT = -model.token_logps(hidden_BxTxD, targets_BxT) * mask_BxT
+    nll_BxT = sft.sft_loss_from_logps(model.token_logps(hidden_BxTxD, targets_BxT), mask_BxT)
   else:
     nll_BxT = sft.sft_loss(*shifted(graphdef, params, batch))
   batch_tokens = jnp.sum(mask_BxT)

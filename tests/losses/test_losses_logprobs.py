@@ -100,6 +100,22 @@ def test_sft_loss_hand_values_and_mask(call):
                              [[0.50760596, 0.0]], rtol=1e-6)
 
 
+def test_sft_loss_from_logps_equals_sft_loss_and_ignores_nan_padding(call):
+  logits = np.array([[[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]]])
+  tokens, mask = np.array([[2, 0]]), np.array([[1, 0]])
+  logps = np.asarray(logprobs.token_logps(logits, tokens))
+  np.testing.assert_allclose(call(sft.sft_loss_from_logps, logps, mask),
+                             call(sft.sft_loss, logits, tokens, mask), rtol=1e-6)
+  # A NaN log-prob where the mask is 0 (padding) reaches neither the loss nor its gradient.
+  padded = np.array([[logps[0, 0], np.nan]], np.float32)
+  loss, grad = jax.value_and_grad(lambda x: sft.sft_loss_from_logps(x, mask).sum())(padded)
+  np.testing.assert_allclose(loss, -logps[0, 0], rtol=1e-6)
+  np.testing.assert_array_equal(grad, [[-1.0, 0.0]])
+  with pytest.raises(ValueError, match="mask_BxT"):
+    sft.sft_loss_from_logps(logps, np.ones((1, 3)))
+  assert losses.sft_loss_from_logps is sft.sft_loss_from_logps
+
+
 def test_logprobs_jit_and_shape_errors():
   logits, tokens = np.zeros((2, 3, 4)), np.zeros((2, 3), np.int32)
   np.testing.assert_allclose(jax.jit(logprobs.token_logps)(logits, tokens),
