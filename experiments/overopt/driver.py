@@ -3,7 +3,8 @@
 Result rows (JSONL, one per point):
   proxies.jsonl    one per reward model: name, shape, params, pairs, ensemble size, held-out
                    accuracy, calibration (a, b) of the proxy to gold units under π_ref, seconds
-  curves.jsonl     one per point of an optimisation curve: method (bon | kl_opt | ppo | dpo | ipo),
+  curves.jsonl     one per point of an optimisation curve: method (bon | kl_opt | ppo, or a
+                   direct-alignment loss name: dpo, ipo, simpo, ... with kind "direct"),
                    run (curve id), target (proxy name, "<ensemble>:<combine>" or "gold"), its
                    shape / params / pairs, beta, n or step, kl, d = √kl, gold, gold_gain, proxy
                    (the target's own expected score, normalised units) and proxy_cal (gold units)
@@ -25,13 +26,36 @@ import jax
 import numpy as np
 
 from rlhf_jax.tasks import exact
-from rlhf_jax.train import export
+from rlhf_jax.train import dpo as dpo_steps, export
 from rlhf_jax.train.jsonl import read_jsonl
 
 from experiments.overopt import bon, fits, runs, world as world_lib
 
 _log = logging.getLogger(__name__)
-PAPER_FORM = {"bon": "bon", "kl_opt": "rl", "ppo": "rl", "dpo": "rl", "ipo": "rl"}
+
+
+def paper_form(row: dict) -> str:
+  """The functional form (fits.FORMS) the literature fits to a curve like `row`'s: best-of-n
+  the quadratic R_bon (Gao et al. 2022, eq. 1); RL (PPO, the exact KL optimum) R_RL (eq. 2); and
+  every direct-alignment loss, whatever its name (its rows are of kind "direct"), R_RL as well,
+  as Rafailov et al. 2024 ("Scaling Laws for Reward Model Overoptimization in Direct Alignment
+  Algorithms") fit their training trajectories."""
+  if row["method"] == "bon":
+    return "bon"
+  if row["method"] in ("kl_opt", "ppo") or row.get("kind") == "direct":
+    return "rl"
+  raise ValueError(f"no functional form for method {row['method']!r} (kind {row.get('kind')!r})")
+
+
+def check_config(c) -> None:
+  """Fails before any training on a direct-alignment loss the DPO step cannot run."""
+  valid = dpo_steps.pair_loss_names()
+  losses = list(c.dpo.losses)
+  for name in losses:
+    if name not in valid:
+      raise ValueError(f"dpo.losses: unknown loss {name!r}; valid choices: {valid}")
+  if len(set(losses)) != len(losses):
+    raise ValueError(f"dpo.losses: {losses} names a loss twice")
 
 
 def enable_compilation_cache(path: str) -> None:
@@ -135,6 +159,7 @@ def _curve_rows(method: str, run: str, meta: dict, points: list[dict], calib: di
 
 
 def run(c, workdir: str, results_dir: str, *, config_spec: str = "", overrides=()) -> dict:
+  check_config(c)
   c = copy.deepcopy(c)
   c.data_dir = c.data_dir or os.path.join(os.path.abspath(workdir), "data")
   os.makedirs(workdir, exist_ok=True)
@@ -345,7 +370,7 @@ def fit_curves(curves: list[dict], fit_n_max: int) -> list[dict]:
     meta["run_beta"] = first.get("beta")   # the run's KL coefficient / DPO β ("beta" is the fit's)
     for form in fits.FORMS:
       rows.append({**meta, **fits.fit(form, d, gain), **fits.peak_summary(d, [p["gold"] for p in pts]),
-                   "paper_form": PAPER_FORM[first["method"]] == form})
+                   "paper_form": paper_form(first) == form})
   return rows
 
 

@@ -6,7 +6,8 @@ are described in driver.py); this module holds what they share:
   load(results_dir=None) -> Results   every result file of one run; Results.runs(method, **match)
                                       groups curve points by run id, Results.fit_of(run) gives its
                                       fitted functional form, Results.label_of(target) names a proxy
-                                      with its size, data and held-out accuracy
+                                      with its size, data and held-out accuracy,
+                                      Results.direct_methods() the direct-alignment losses present
   ordered(pts)                        a curve's points in order of optimisation effort
   plot_gold(ax, pts, ...)             gold reward against d = √KL along a curve
   plot_fit(ax, pts, fit, ...)         the fitted R(d) (fits.py) on top of the curve's start
@@ -73,6 +74,10 @@ class Results:
       if (method is None or r["method"] == method) and all(r.get(k) == v for k, v in match.items()):
         out.setdefault(r["run"], []).append(r)
     return out
+
+  def direct_methods(self) -> list[str]:
+    """The direct-alignment losses in the results (rows of kind "direct"), in file order."""
+    return list(dict.fromkeys(r["method"] for r in self.curves if r.get("kind") == "direct"))
 
   def fit_of(self, run: str, paper: bool = True) -> dict | None:
     """The fit row of `run` in the paper's form for its method (paper=True) or the other form."""

@@ -2,19 +2,21 @@
 
 One module-scoped run of experiments/overoptimization.py (configs/overoptimization.py:test: SFT,
 proxies of two shapes and two data sizes, an ensemble, exact best-of-n, the KL optimum, PPO and
-DPO/IPO) writes a small results set that the assertions and both notebooks read.
+DPO/IPO) writes a small results set that the assertions and both notebooks read; a copy with one
+more direct-alignment loss checks that the analysis and notebooks take any.
 """
 
 import json
 import math
 import os
+import shutil
 
 import nbclient
 import nbformat
 import numpy as np
 import pytest
 
-from experiments.overopt import driver, runs, world as world_lib
+from experiments.overopt import driver, plots, runs, world as world_lib
 from rlhf_jax import configlib
 from rlhf_jax.train import export
 from rlhf_jax.train.enumerable_eval import EnumerableEvaluator
@@ -127,11 +129,10 @@ def test_trie_distribution_equals_the_stage_evaluator(results):
   np.testing.assert_allclose(fast, slow, atol=1e-3)
 
 
-@pytest.mark.parametrize("name", ["overoptimization_curves", "loss_ablations"])
-def test_notebook_runs_headless_on_the_test_results(results, name, tmp_path):
-  root, _ = results
-  os.environ["OVEROPT_RESULTS"] = str(root / "results")
-  os.environ["OVEROPT_FIGURES"] = str(tmp_path / "figures")
+def _execute(name, results_dir, figures_dir):
+  """notebooks/<name>.ipynb executed headless on `results_dir`; returns the executed notebook."""
+  os.environ["OVEROPT_RESULTS"] = str(results_dir)
+  os.environ["OVEROPT_FIGURES"] = str(figures_dir)
   os.environ["MPLBACKEND"] = "Agg"
   try:
     nb = nbformat.read(os.path.join(REPO, "notebooks", f"{name}.ipynb"), as_version=4)
@@ -140,7 +141,47 @@ def test_notebook_runs_headless_on_the_test_results(results, name, tmp_path):
   finally:
     for key in ("OVEROPT_RESULTS", "OVEROPT_FIGURES"):
       os.environ.pop(key, None)
+  return nb
+
+
+@pytest.mark.parametrize("name", ["overoptimization_curves", "loss_ablations"])
+def test_notebook_runs_headless_on_the_test_results(results, name, tmp_path):
+  root, _ = results
+  nb = _execute(name, root / "results", tmp_path / "figures")
   images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
             if "image/png" in o.get("data", {})]
   assert len(images) >= 2
   assert os.listdir(tmp_path / "figures")
+
+
+def test_analysis_and_notebook_take_any_direct_alignment_loss(results, tmp_path):
+  """A direct-alignment loss the study did not run (SimPO) added to the curves: the analysis
+  fits it in the R_RL form (its paper form, as every DAA's), like the DPO curve it copies, and
+  the loss-ablation notebook shows it."""
+  root, _ = results
+  shutil.copytree(root / "results", tmp_path / "results")
+  path = str(tmp_path / "results" / "curves.jsonl")
+  curves = driver.read_jsonl(path)
+  added = [{**r, "method": "simpo", "run": r["run"].replace("dpo/", "simpo/", 1)}
+           for r in curves if r["method"] == "dpo"]
+  assert added
+  driver.write_jsonl(path, curves + added)
+  driver.reanalyze(configlib.get("configs/overoptimization.py:test"), str(tmp_path / "results"))
+  fit_rows = _read(tmp_path, "fits.jsonl")
+  paper = {f["run"]: f for f in fit_rows if f["paper_form"]}
+  assert paper["simpo/beta=0.5"]["form"] == "rl"
+  for key in ("alpha", "beta", "r2", "gold_peak"):
+    assert paper["simpo/beta=0.5"][key] == paper["dpo/beta=0.5"][key], key
+  assert plots.load(str(tmp_path / "results")).direct_methods() == ["dpo", "ipo", "simpo"]
+  nb = _execute("loss_ablations", tmp_path / "results", tmp_path / "figures")
+  text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                 for o in c.get("outputs", []))
+  assert "simpo/beta=0.5" in text and "ipo/beta=0.5" in text
+
+
+def test_an_unknown_direct_alignment_loss_fails_before_any_work(tmp_path):
+  config = configlib.get("configs/overoptimization.py:test")
+  config.dpo.losses = ("dpo", "simp")
+  with pytest.raises(ValueError, match=r"dpo.losses: unknown loss 'simp'; valid choices: .*'simpo'"):
+    driver.run(config, str(tmp_path / "runs"), str(tmp_path / "results"))
+  assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
