@@ -10,7 +10,8 @@ Result rows (JSONL, one per point):
                    (the target's own expected score, normalised units) and proxy_cal (gold units)
   estimator.jsonl  best-of-n from N samples (unbiased estimator) beside the exact value, per repeat
   fits.jsonl       per curve and functional form: α, β, R², fitted and observed peaks
-  summary.json     the acceptance figures, the α/β trends, runtimes; config.json the config
+  summary.json     the acceptance figures, the α/β trends, the claims table (claims.py),
+                   runtimes; config.json the config
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from rlhf_jax.tasks import exact
 from rlhf_jax.train import dpo as dpo_steps, export
 from rlhf_jax.train.jsonl import read_jsonl
 
-from experiments.overopt import bon, fits, runs, world as world_lib
+from experiments.overopt import bon, claims as claims_lib, fits, runs, world as world_lib
 
 _log = logging.getLogger(__name__)
 
@@ -331,6 +332,8 @@ def analyze(res: Results, c) -> None:
   res.fits = fit_curves(res.curves, c.bon.fit_n_max)
   res.summary["acceptance"] = acceptance(res.curves, res.fits, acceptance_proxy(c))
   res.summary["trends"] = trends(res.fits, res.proxies, c)
+  res.summary["claims"] = claims_lib.claims(res.curves, res.summary["trends"],
+                                            acceptance_proxy(c))
 
 
 def reanalyze(c, results_dir: str) -> dict:
