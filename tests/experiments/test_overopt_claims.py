@@ -70,15 +70,21 @@ def test_each_verdict_follows_from_its_numbers(reanalysed):
 
 def test_a_changed_number_flips_the_verdict(reanalysed):
   _, summary = reanalysed
-  trends = copy.deepcopy(summary["trends"])
-  for method in ("bon", "ppo"):  # the smallest and largest proxies swap places
-    rows = trends[method]["size"]["rows"]
-    rows[0], rows[-1] = rows[-1], rows[0]
-  assert claims.rm_size(trends, "beta")["verdict"] != claims.rm_size(summary["trends"],
-                                                                      "beta")["verdict"]
+  def with_betas(betas):  # the sized proxies' β replaced, smallest proxy first
+    trends = copy.deepcopy(summary["trends"])
+    for method in ("bon", "ppo"):
+      for row, beta in zip(trends[method]["size"]["rows"], betas):
+        row["beta"] = beta
+    return trends
+  n = len(summary["trends"]["bon"]["size"]["rows"])
+  assert claims.rm_size(with_betas(range(n, 0, -1)), "beta")["verdict"] == "reproduced"
+  assert claims.rm_size(with_betas(range(1, n + 1)), "beta")["verdict"] == "not reproduced"
   curves = driver.read_jsonl(os.path.join(COMMITTED, "curves.jsonl"))
   accept = summary["acceptance"]["acceptance_proxy"]
-  lifted = [{**r, "gold": r["gold"] + 1.0} if r["run"] == f"ppo/{accept}/beta=0.05" and r["d"] > 0
-            else r for r in curves]   # a penalised run above the frontier: not early stopping
-  assert claims.kl_penalty(curves, accept)["verdict"] == "reproduced"
-  assert claims.kl_penalty(lifted, accept)["verdict"] == "not reproduced"
+  def shifted(delta):  # every penalised PPO curve moved by `delta` gold past its start
+    return [{**r, "gold": r["gold"] + delta}
+            if r["run"].startswith(f"ppo/{accept}/beta=") and r["beta"] and r["d"] > 0 else r
+            for r in curves]
+  # far below the unpenalised frontier: early stopping; far above it: a new frontier
+  assert claims.kl_penalty(shifted(-10.0), accept)["verdict"] == "reproduced"
+  assert claims.kl_penalty(shifted(+10.0), accept)["verdict"] == "not reproduced"
