@@ -1,4 +1,5 @@
-"""Offline training steps, rlhf_jax vs TRL on CPU: SFT, reward model (Bradley-Terry) and DPO.
+"""Training steps, rlhf_jax vs TRL on CPU: SFT, reward model (Bradley-Terry), DPO and a GRPO
+iteration.
 
 Both sides train the same Llama shape (`--presets`, models/presets.py, vocabulary `--vocab`) from
 the SAME initial weights on the SAME batch, in float32, with AdamW (lr 1e-5, cosine with 10
@@ -14,6 +15,15 @@ Batches (synthetic ids in [3, V), every token real; experiments/bench_accelerato
        shape, its sequence log-probs precomputed once on both sides (ours: dpo.make_reference_step;
        TRL: precompute_ref_log_probs=True with that ref_model; compared too): the timed step of
        either side runs no reference forward. Loss: sigmoid DPO, beta 0.1.
+
+  grpo `--grpo-prompts-per-step` prompts of P ids (BOS and P - 1 words) x `--grpo-group`
+       samples of exactly `--grpo-new-tokens` T tokens (stop tokens suppressed before T on both
+       sides), reward trl_stage_worker.token_reward, KL β·k3 in the loss (β `--grpo-beta`) against
+       the initial weights, one optimizer step. Ours: the policy-gradient stage's own iteration
+       (experiments/bench_grpo.py); TRL: GRPOTrainer (num_iterations 1, one generation per step,
+       transformers generate; its reference model loaded from the policy's saved weights). The
+       first loss depends on the samples (about 0 on both sides), so instead of the losses the
+       completion lengths are checked equal: the same work.
 
 Ours (this process): the project's train steps, jitted as train/loop.py and bench_accelerator.py
 do (explicit in/out shardings on a 1-device mesh, the state donated, compiled ahead of time):
@@ -54,7 +64,7 @@ allowed; step time, tokens/s, MFU.
 Output: a plain-text table, then one JSON line with every figure (`--out PATH` also writes it).
 Needs `pip install -r requirements-bench.txt` (TRL and its dependencies) except with --ours-only.
 
-  python experiments/bench_stages.py                   # sft, rm, dpo at tiny and small, 5 rounds
+  python experiments/bench_stages.py                   # every stage at tiny and small, 5 rounds
   python experiments/bench_stages.py --cold-start
   python experiments/bench_stages.py --ours-only --presets small --dtype bfloat16
 """
@@ -90,9 +100,10 @@ from experiments.accelerator_lib import Bench, finite, median_time  # noqa: E402
 from experiments.bench_accelerator import (  # noqa: E402
     ShapeState, compile_step, compile_train_step, dpo_batch, dpo_flops, put, sft_batch)
 from experiments.bench_generation import PAUSE_S, flat_weights  # noqa: E402
+from experiments import bench_grpo  # noqa: E402
 
 WORKER = os.path.join(ROOT, "experiments", "trl_stage_worker.py")
-STAGES = ("sft", "rm", "dpo")
+STAGES = ("sft", "rm", "dpo", "grpo")
 EOS_ID = 2
 # bench_accelerator.py's optimizer (defaults.py's, smaller lr); both sides use these values.
 OPTIMIZER = dict(name="adamw", lr=1e-5, schedule="cosine", warmup_steps=10, end_lr_fraction=0.1,
@@ -206,9 +217,22 @@ def close_enough(x: float, y: float, rtol: float) -> bool:
 
 
 def bench_stage(bench: Bench, stage: str, preset: str, a, peak) -> dict:
+  with tempfile.TemporaryDirectory() as tmp:
+    return _bench_stage(bench, stage, preset, a, peak, tmp)
+
+
+def _bench_stage(bench: Bench, stage: str, preset: str, a, peak, tmp: str) -> dict:
   cfg = get_model_config(preset, vocab_size=a.vocab, dtype=a.dtype)
-  ours = setup_ours(bench, stage, cfg, a)
-  row = dict(stage=stage, preset=preset, B=a.batch, S=a.seq, tokens=ours.tokens,
+  if stage == "grpo":
+    start = time.perf_counter()
+    ours = bench_grpo.setup(bench, cfg, a, tmp, OPTIMIZER)
+    ours.setup_s = time.perf_counter() - start
+    for _ in range(a.warmup - 1):
+      ours.call()
+    rows, seq = a.grpo_prompts_per_step * a.grpo_group, a.prompt_len + a.grpo_new_tokens
+  else:
+    ours, rows, seq = setup_ours(bench, stage, cfg, a), a.batch, a.seq
+  row = dict(stage=stage, preset=preset, B=rows, S=seq, tokens=ours.tokens,
              flops=ours.flops, setup_s=ours.setup_s, loss_ours=ours.loss)
   ours_t, trl_t, ratios = [], [], []
   if a.ours_only:
@@ -216,39 +240,45 @@ def bench_stage(bench: Bench, stage: str, preset: str, a, peak) -> dict:
       ours_t += median_time(ours.call, a.steps)[1]
   else:
     spec = dict(stage=stage, preset=preset, vocab=a.vocab, threads=a.threads, warmup=a.warmup,
-                batch=a.batch, prompt_len=a.prompt_len, max_steps=SCHEDULE_STEPS,
-                optimizer=OPTIMIZER, beta=DPO_LOSS.beta)
-    with tempfile.TemporaryDirectory() as tmp:
-      np.savez(os.path.join(tmp, "in.npz"), **ours.data)
-      worker = Worker(spec, os.path.join(tmp, "in.npz"))
-      try:
-        ready = worker.recv()
-        info = ("optimizer", "fused", "attention", "checkpointing", "batch_shape", "torch",
-                "transformers", "trl")
-        row.update(loss_trl=ready["loss"], trl_info={k: ready[k] for k in info})
-        print(f"  {stage} {preset}: initial loss ours {ours.loss:.6f}, TRL {ready['loss']:.6f}",
-              flush=True)
-        if stage == "dpo":
-          ref_ours = np.concatenate([ours.batch["ref_chosen_logps"],
-                                     ours.batch["ref_rejected_logps"]])
-          ref_trl = np.asarray(ready["ref_chosen_logps"] + ready["ref_rejected_logps"])
-          row["ref_logps_max_abs_diff"] = float(np.max(np.abs(ref_ours - ref_trl)))
-          print(f"  dpo {preset}: reference log-probs (about {ref_ours.mean():.1f}) differ by "
-                f"at most {row['ref_logps_max_abs_diff']:.2e}")
-          if not all(close_enough(x, y, a.loss_rtol) for x, y in zip(ref_ours, ref_trl)):
-            raise RuntimeError(f"dpo {preset}: reference log-probs differ beyond {a.loss_rtol}")
-        if not close_enough(ours.loss, ready["loss"], a.loss_rtol):
-          raise RuntimeError(f"{stage} {preset}: initial losses differ beyond --loss-rtol "
-                             f"{a.loss_rtol}: ours {ours.loss} vs TRL {ready['loss']}")
-        for _ in range(a.rounds):
-          o = median_time(ours.call, a.steps)[1]
-          time.sleep(PAUSE_S)
-          t = worker.steps(a.steps)
-          time.sleep(PAUSE_S)
-          ours_t, trl_t = ours_t + o, trl_t + t
-          ratios.append(statistics.median(t) / statistics.median(o))
-      finally:
-        worker.close()
+                batch=rows, prompt_len=a.prompt_len, max_steps=SCHEDULE_STEPS,
+                optimizer=OPTIMIZER, beta=a.grpo_beta if stage == "grpo" else DPO_LOSS.beta,
+                group=a.grpo_group, new_tokens=a.grpo_new_tokens)
+    # the worker's files live in `tmp` beside ours
+    np.savez(os.path.join(tmp, "in.npz"), **ours.data)
+    worker = Worker(spec, os.path.join(tmp, "in.npz"))
+    try:
+      ready = worker.recv()
+      info = ("optimizer", "fused", "attention", "checkpointing", "batch_shape", "torch",
+              "transformers", "trl")
+      row.update(loss_trl=ready["loss"], trl_info={k: ready[k] for k in info})
+      print(f"  {stage} {preset}: initial loss ours {ours.loss:.6f}, TRL {ready['loss']:.6f}",
+            flush=True)
+      if stage == "dpo":
+        ref_ours = np.concatenate([ours.batch["ref_chosen_logps"],
+                                   ours.batch["ref_rejected_logps"]])
+        ref_trl = np.asarray(ready["ref_chosen_logps"] + ready["ref_rejected_logps"])
+        row["ref_logps_max_abs_diff"] = float(np.max(np.abs(ref_ours - ref_trl)))
+        print(f"  dpo {preset}: reference log-probs (about {ref_ours.mean():.1f}) differ by "
+              f"at most {row['ref_logps_max_abs_diff']:.2e}")
+        if not all(close_enough(x, y, a.loss_rtol) for x, y in zip(ref_ours, ref_trl)):
+          raise RuntimeError(f"dpo {preset}: reference log-probs differ beyond {a.loss_rtol}")
+      if stage == "grpo":  # the first loss depends on the samples: the work is compared
+        row["trl_completion_length"] = ready["completion_length"]
+        if ready["completion_length"] != a.grpo_new_tokens:
+          raise RuntimeError(f"grpo {preset}: TRL's completions have {ready['completion_length']} "
+                             f"tokens, ours {a.grpo_new_tokens}")
+      elif not close_enough(ours.loss, ready["loss"], a.loss_rtol):
+        raise RuntimeError(f"{stage} {preset}: initial losses differ beyond --loss-rtol "
+                           f"{a.loss_rtol}: ours {ours.loss} vs TRL {ready['loss']}")
+      for _ in range(a.rounds):
+        o = median_time(ours.call, a.steps)[1]
+        time.sleep(PAUSE_S)
+        t = worker.steps(a.steps)
+        time.sleep(PAUSE_S)
+        ours_t, trl_t = ours_t + o, trl_t + t
+        ratios.append(statistics.median(t) / statistics.median(o))
+    finally:
+      worker.close()
   step = statistics.median(ours_t)
   mfu = lambda s: ours.flops / s / peak if peak else None
   row.update(ours_step_s=step, ours_times_s=ours_t, ours_tokens_per_s=ours.tokens / step,
@@ -345,6 +375,11 @@ def parse_args(argv=None):
   ap.add_argument("--batch", type=int, default=16, help="rows (sft) or pairs (rm, dpo)")
   ap.add_argument("--seq", type=int, default=128, help="tokens per row S")
   ap.add_argument("--prompt-len", type=int, default=32, help="P: dpo prompt; sft has S/4")
+  ap.add_argument("--grpo-prompts-per-step", type=int, default=2)
+  ap.add_argument("--grpo-group", type=int, default=8, help="GRPO samples per prompt")
+  ap.add_argument("--grpo-new-tokens", type=int, default=64, help="GRPO completion tokens T")
+  ap.add_argument("--grpo-beta", type=float, default=0.04, help="GRPO's KL coefficient")
+  ap.add_argument("--grpo-prompts", type=int, default=64, help="GRPO prompt records written")
   ap.add_argument("--rounds", type=int, help="timed rounds (default 5; --cold-start 3)")
   ap.add_argument("--steps", type=int, default=5, help="steps per side per round")
   ap.add_argument("--warmup", type=int, default=2, help="untimed steps per side (>= 1)")
@@ -394,7 +429,7 @@ def main(argv=None) -> int:
     src = "measured float32 matmul" if dev.platform == "cpu" else "spec"
     print(f"\n{a.dtype}, AdamW; median of {a.rounds} rounds x {a.steps} steps after {a.warmup} "
           f"warm-up; MFU of {(peak or 0) / 1e9:.1f} GFLOP/s ({src}); tokens: sft B S, rm/dpo "
-          f"2 B S" + ("" if a.ours_only else f"; TRL/ours > 1: ours faster; torch {a.threads} "
+          f"2 B S, grpo B (P + T)" + ("" if a.ours_only else f"; TRL/ours > 1: ours faster; torch {a.threads} "
                       "threads"))
     print(OURS_HEADER if a.ours_only else HEADER)
     for r in rows:

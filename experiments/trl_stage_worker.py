@@ -15,6 +15,10 @@ what transformers' Trainer inner loop does for one optimizer step without gradie
 `@@{"loss": <the first step's loss, before any update>, ...}` after `warmup` steps, then for
 each stdin line {"steps": k} runs k steps and prints `@@{"times": [seconds per step]}`.
 
+For `grpo` the one batch is the trainer's prompts (each repeated num_generations times), and
+every training_step generates, scores (reference model), rewards (token_reward) and trains on
+new completions, as TRL's loop does with num_iterations = 1 and one generation per step.
+
 Cold-start mode (`--cold-start JSON`): a random-init LlamaForCausalLM of the given shape, SFTTrainer
 on a small pre-tokenized dataset, trainer.train() for max_steps, then exit (no saving, no eval).
 It imports neither JAX nor rlhf_jax (that would lengthen the TRL process being timed).
@@ -46,6 +50,18 @@ def word(i: int) -> str:
   return SPECIALS[i] if i < len(SPECIALS) else f"t{i}"
 
 
+def token_reward(prompts, completions, **_) -> list[float]:
+  """The GRPO row's reward (ours and TRL's): the fraction of a completion's words that are even
+  ids. Cheap, and it varies within a group, so advantages are not all zero."""
+  del prompts
+  out = []
+  for text in completions:
+    words = text.split()
+    even = sum(1 for w in words if w.startswith("t") and int(w[1:]) % 2 == 0)
+    out.append(even / max(len(words), 1))
+  return out
+
+
 def make_tokenizer(vocab: int):
   import tokenizers
   import transformers
@@ -64,7 +80,8 @@ def train_args(kind: str, spec: dict, out_dir: str, **extra):
   import trl
 
   o = spec["optimizer"]
-  config = {"sft": trl.SFTConfig, "rm": trl.RewardConfig, "dpo": trl.DPOConfig}[kind]
+  config = {"sft": trl.SFTConfig, "rm": trl.RewardConfig, "dpo": trl.DPOConfig,
+            "grpo": trl.GRPOConfig}[kind]
   return config(
       output_dir=out_dir, per_device_train_batch_size=spec["batch"], max_steps=spec["max_steps"],
       learning_rate=o["lr"], lr_scheduler_type="cosine_with_min_lr",
@@ -88,7 +105,7 @@ def hf_models(spec: dict, data: dict):
   weights = lambda p: {k[len(p):]: v for k, v in data.items() if k.startswith(p)}
   if spec["stage"] == "dpo":
     return build_hf(cfg, weights("w:")), build_hf(cfg, weights("r:"))
-  if spec["stage"] == "sft":
+  if spec["stage"] in ("sft", "grpo"):
     return build_hf(cfg, weights("w:")), None
   w = weights("w:backbone/")  # rm: backbone + scalar head
   lm = build_hf(cfg, {**w, "lm_head": np.zeros((cfg.d_model, cfg.vocab_size), np.float32)})
@@ -119,6 +136,19 @@ def make_trainer(spec: dict, data: dict, tok, out_dir: str):
                                      "rejected_ids": b["rejected_tokens"].tolist()})
     trainer = trl.RewardTrainer(model=policy, args=train_args("rm", spec, out_dir),
                                 train_dataset=ds, processing_class=tok)
+  elif stage == "grpo":  # prompt text (BOS written out: the tokenizer adds no special tokens)
+    g = spec["group"]
+    ds = datasets.Dataset.from_dict({"prompt": [" ".join(word(int(i)) for i in [1, *r])
+                                                for r in b["prompt_tokens"][:, 1:]]})
+    args = train_args(  # spec["batch"]: prompts per step x g rows
+        "grpo", spec, out_dir, num_generations=g, max_completion_length=spec["new_tokens"], beta=spec["beta"],
+        temperature=1.0, top_p=1.0, top_k=0, num_iterations=1, steps_per_generation=1,
+        generation_kwargs={"min_new_tokens": spec["new_tokens"]}, log_completions=False)
+    # TRL builds the reference model (beta > 0) from the policy's checkpoint path: save it
+    policy.save_pretrained(os.path.join(out_dir, "policy"))
+    policy.config._name_or_path = os.path.join(out_dir, "policy")
+    trainer = trl.GRPOTrainer(model=policy, reward_funcs=[token_reward], args=args,
+                              train_dataset=ds, processing_class=tok)
   else:  # dpo: text only; the reference log-probs are precomputed by TRL with `ref`
     p = spec["prompt_len"]
     text = lambda ids: " ".join(word(int(i)) for i in ids)
@@ -148,6 +178,7 @@ def steps_mode(spec: dict, data_path: str) -> None:
   torch.set_num_threads(spec["threads"])
   transformers.logging.set_verbosity_error()
   data = dict(np.load(data_path))
+  stage = spec["stage"]
   with tempfile.TemporaryDirectory() as out_dir:
     trainer, facts = make_trainer(spec, data, make_tokenizer(spec["vocab"]), out_dir)
     model, loader = trainer._prepare_for_training(spec["max_steps"], trainer.get_train_dataloader(),
@@ -169,11 +200,14 @@ def steps_mode(spec: dict, data_path: str) -> None:
     loss = float(step())  # computed before the update
     for _ in range(spec["warmup"] - 1):
       step()
+    if stage == "grpo":  # every completion min_new_tokens long: the same work as ours
+      facts["completion_length"] = trainer._metrics["train"]["completions/mean_length"][-1]
     opt = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
     send({"loss": loss, **facts, "optimizer": type(opt).__name__,
           "fused": bool(opt.defaults.get("fused")), "attention": model.config._attn_implementation,
           "checkpointing": bool(model.is_activation_checkpointing),
-          "batch_shape": list(batch["input_ids"].shape), "torch": torch.__version__,
+          "batch_shape": (list(batch["input_ids"].shape) if isinstance(batch, dict)
+                          else [len(batch)]), "torch": torch.__version__,
           "transformers": transformers.__version__, "trl": trl.__version__})
     for line in sys.stdin:
       times = []

@@ -12,6 +12,7 @@ import pytest
 
 from experiments import bench_accelerator as bench
 from rlhf_jax.models import ModelConfig, flops
+from rlhf_jax.rl import flops as rl_flops
 from tests import xla
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -98,14 +99,26 @@ def test_bench_stages_ours_only_runs_every_stage(tmp_path):
   proc = subprocess.run(
       [sys.executable, "experiments/bench_stages.py", "--ours-only", "--presets", "tiny",
        "--rounds", "1", "--steps", "1", "--warmup", "1", "--batch", "2", "--seq", "16",
-       "--prompt-len", "4", "--out", str(out)],
+       "--prompt-len", "4", "--grpo-prompts-per-step", "2", "--grpo-group", "2",
+       "--grpo-new-tokens", "3", "--grpo-prompts", "8", "--out", str(out)],
       cwd=REPO, env=xla.subprocess_env(1), capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   rows = json.loads(out.read_text())["stages"]
-  assert [r["stage"] for r in rows] == ["sft", "rm", "dpo"]
-  cfg = bench.model_config("tiny", bench.parse_args(["--smoke", "--dtype", "float32"]))
-  for r in rows:
+  assert [r["stage"] for r in rows] == ["sft", "rm", "dpo", "grpo"]
+  cfg = dataclasses.replace(
+      bench.model_config("tiny", bench.parse_args(["--smoke", "--dtype", "float32"])),
+      vocab_size=512)
+  for r in rows[:3]:
     assert _positive(r["ours_step_s"]) and _positive(r["loss_ours"]), r
     assert r["tokens"] == (2 * 16 if r["stage"] == "sft" else 2 * 2 * 16), r
-  assert rows[0]["flops"] == pytest.approx(flops.train_flops(
-      dataclasses.replace(cfg, vocab_size=512), 2, 16), rel=1e-9)
+  assert rows[0]["flops"] == pytest.approx(flops.train_flops(cfg, 2, 16), rel=1e-9)
+  # GRPO: the stage's iteration, 2 prompts x 2 samples of 4 prompt + 3 completion tokens (every
+  # completion that long); its loss at the first step (ratio 1, KL 0) is about 0, either sign.
+  grpo = rows[3]
+  assert _positive(grpo["ours_step_s"]) and math.isfinite(grpo["loss_ours"]), grpo
+  assert (grpo["B"], grpo["S"], grpo["tokens"]) == (4, 7, 4 * 7), grpo
+  # the old policy re-scored: suppressing stop tokens makes the sampler's log-probs differ
+  counter = rl_flops.IterationFlops(policy=cfg, rescore_policy=True)
+  assert grpo["flops"] == pytest.approx(
+      counter.generation(4, 4, 3) + counter.scoring(4, 4, 3) + counter.update(4, 4, 3),
+      rel=1e-9)
