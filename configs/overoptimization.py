@@ -74,6 +74,12 @@ def get_config(arg=None):
       "betas": (0.05, 0.15, 0.5),       # KL-penalty sweep against the acceptance proxy
       "ensemble_combines": ("mean", "worst_case", "mean_minus_var"),
   })
+  # GRPO (configs/grpo.py:enumerable; β·k3 in the loss) against the gold reward and the
+  # acceptance proxy: group_size samples per prompt, `minibatches` optimizer steps per iteration,
+  # evaluated after every iteration.
+  c.grpo = ml_collections.ConfigDict({
+      "steps": 30, "eval_every": 1, "lr": 1e-3, "prompts_per_step": 64, "group_size": 8,
+      "minibatches": 4, "gold": True, "betas": (0.0,)})
   c.dpo = ml_collections.ConfigDict({
       # every loss the DPO step can run (train/dpo.pair_loss_names), each at every β
       "losses": tuple(dpo_steps.pair_loss_names()), "betas": (0.02, 0.1, 0.5), "steps": 150,
@@ -102,6 +108,8 @@ def get_config(arg=None):
     c.ppo.proxies = "acceptance"
     c.ppo.betas = (0.1,)
     c.ppo.ensemble_combines = ("worst_case",)
+    c.grpo.steps, c.grpo.eval_every, c.grpo.prompts_per_step = 4, 2, 8
+    c.grpo.group_size, c.grpo.minibatches = 4, 2
     c.dpo.losses, c.dpo.betas = ("dpo", "ipo"), (0.5,)
     c.dpo.steps, c.dpo.eval_every, c.dpo.batch_size, c.dpo.lr = 6, 3, 16, 1e-3
     c.dpo.pairs, c.dpo.eval_pairs = 256, 32

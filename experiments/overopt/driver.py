@@ -3,7 +3,7 @@
 Result rows (JSONL, one per point):
   proxies.jsonl    one per reward model: name, shape, params, pairs, ensemble size, held-out
                    accuracy, calibration (a, b) of the proxy to gold units under π_ref, seconds
-  curves.jsonl     one per point of an optimisation curve: method (bon | kl_opt | ppo, or a
+  curves.jsonl     one per point of an optimisation curve: method (bon | kl_opt | ppo | grpo, or a
                    direct-alignment loss name: dpo, ipo, simpo, ... with kind "direct"),
                    run (curve id), target (proxy name, "<ensemble>:<combine>" or "gold"), its
                    shape / params / pairs, beta, n or step, kl, d = √kl, gold, gold_gain, proxy
@@ -37,13 +37,13 @@ _log = logging.getLogger(__name__)
 
 def paper_form(row: dict) -> str:
   """The functional form (fits.FORMS) the literature fits to a curve like `row`'s: best-of-n
-  the quadratic R_bon (Gao et al. 2022, eq. 1); RL (PPO, the exact KL optimum) R_RL (eq. 2); and
-  every direct-alignment loss, whatever its name (its rows are of kind "direct"), R_RL as well,
+  the quadratic R_bon (Gao et al. 2022, eq. 1); RL (PPO, GRPO, the exact KL optimum) R_RL
+  (eq. 2); and every direct-alignment loss, whatever its name (its rows are of kind "direct"), R_RL as well,
   as Rafailov et al. 2024 ("Scaling Laws for Reward Model Overoptimization in Direct Alignment
   Algorithms") fit their training trajectories."""
   if row["method"] == "bon":
     return "bon"
-  if row["method"] in ("kl_opt", "ppo") or row.get("kind") == "direct":
+  if row["method"] in ("kl_opt", "ppo", "grpo") or row.get("kind") == "direct":
     return "rl"
   raise ValueError(f"no functional form for method {row['method']!r} (kind {row.get('kind')!r})")
 
@@ -271,10 +271,28 @@ def run(c, workdir: str, results_dir: str, *, config_spec: str = "", overrides=(
     res.curves += _curve_rows("kl_opt", f"kl_opt/{name}", meta, points, calibs[name], gold0)
   phase("kl_optimum", t0)
 
-  # 5. PPO.
-  t0 = time.perf_counter()
+  # 5. PPO, then GRPO.
+  def online_runs(method: str, plan: list[tuple[str, float]], run_fn) -> None:
+    t0, seconds_by_run = time.perf_counter(), {}
+    for name, beta in plan:
+      meta, table = targets[name]
+      run_id = f"{method}/{name}/beta={beta:g}"
+      reward_dir = "" if name == "gold" else os.path.join(workdir, "rm", name.split(":")[0])
+      evaluator = runs.ExactEval(scorer, ref_PxN, {"target": table})
+      kwargs = ({"combine": meta["combine"] or "mean", "lam": c.proxy.ensemble.lam}
+                if method == "ppo" else {})
+      rows, seconds = run_fn(c, os.path.join(workdir, run_id.replace("=", "")), sft_dir=sft_dir,
+                             evaluator=evaluator, reward_dir=reward_dir, beta=beta, **kwargs)
+      points = [{"step": r["step"], "kl": r["kl"], "gold": r["gold_reward"],
+                 "proxy": r["proxy/target"], "invalid_mass": r["invalid_mass"]} for r in rows]
+      res.curves += _curve_rows(method, run_id, meta, points, calibs[name], gold0, beta=beta)
+      seconds_by_run[run_id] = round(seconds, 1)
+      times[f"{method}_runs"] = seconds_by_run
+      res.flush()
+    phase(method, t0)
+
   pc = c.ppo
-  plan = []   # (target name, beta, combine)
+  plan = []   # (target name, beta)
   if pc.gold:
     plan.append(("gold", 0.0))
   singles = [n for n, (m, _) in targets.items() if m["kind"] == "proxy"]
@@ -283,23 +301,10 @@ def run(c, workdir: str, results_dir: str, *, config_spec: str = "", overrides=(
   plan += [(accept, float(b)) for b in pc.betas]
   ens = [n for n, (m, _) in targets.items() if m["kind"] == "ensemble"]
   plan += [(n, 0.0) for n in ens if targets[n][0]["combine"] in pc.ensemble_combines]
-  ppo_times = {}
-  for name, beta in plan:
-    meta, table = targets[name]
-    run_id = f"ppo/{name}/beta={beta:g}"
-    reward_dir = "" if name == "gold" else os.path.join(workdir, "rm", name.split(":")[0])
-    evaluator = runs.ExactEval(scorer, ref_PxN, {"target": table})
-    rows, seconds = runs.run_ppo(c, os.path.join(workdir, run_id.replace("=", "")),
-                                 sft_dir=sft_dir, evaluator=evaluator, reward_dir=reward_dir,
-                                 beta=beta, combine=meta["combine"] or "mean",
-                                 lam=c.proxy.ensemble.lam)
-    points = [{"step": r["step"], "kl": r["kl"], "gold": r["gold_reward"],
-               "proxy": r["proxy/target"], "invalid_mass": r["invalid_mass"]} for r in rows]
-    res.curves += _curve_rows("ppo", run_id, meta, points, calibs[name], gold0, beta=beta)
-    ppo_times[run_id] = round(seconds, 1)
-    times["ppo_runs"] = ppo_times
-    res.flush()
-  phase("ppo", t0)
+  online_runs("ppo", plan, runs.run_ppo)
+  gc = c.grpo
+  online_runs("grpo", ([("gold", 0.0)] if gc.gold else []) + [(accept, float(b))
+                                                             for b in gc.betas], runs.run_grpo)
 
   # 6. Direct alignment.
   t0 = time.perf_counter()
@@ -396,6 +401,7 @@ def acceptance(curves, fit_rows, accept: str) -> dict:
   out = {"acceptance_proxy": accept}
   for key, run_id in (("bon_proxy", f"bon/{accept}"), ("bon_gold", "bon/gold"),
                       ("ppo_proxy", f"ppo/{accept}/beta=0"), ("ppo_gold", "ppo/gold/beta=0"),
+                      ("grpo_proxy", f"grpo/{accept}/beta=0"), ("grpo_gold", "grpo/gold/beta=0"),
                       ("kl_opt_proxy", f"kl_opt/{accept}"), ("kl_opt_gold", "kl_opt/gold")):
     if run_id in by_run:
       out[key] = {**_curve_check(by_run[run_id]),

@@ -4,6 +4,7 @@
   train_proxy      configs/reward_model.py                    (a proxy RM or an ensemble)
   run_ppo          configs/ppo.py[:learned] via stages.online / stages.ppo, with the stage's
                    evaluation replaced by an exact one that also reads the proxies' expected scores
+  run_grpo         configs/grpo.py:enumerable via stages.policy_gradient, likewise
   run_dpo          configs/dpo.py via stages.dpo.prepare, exact evaluation likewise
 
 Proxy sizes: the reward-model stage takes its shape from `init.from_workdir`'s export, so a proxy
@@ -24,7 +25,7 @@ import time
 import numpy as np
 
 from rlhf_jax import configlib, models
-from rlhf_jax.stages import dpo as dpo_stage, online, ppo as ppo_stage
+from rlhf_jax.stages import dpo as dpo_stage, online, policy_gradient, ppo as ppo_stage
 from rlhf_jax.stages import common, reward_model as rm_stage, sft as sft_stage
 from rlhf_jax.tasks import exact
 from rlhf_jax.train import dpo as dpo_steps, export, loop, metrics as metrics_lib
@@ -149,24 +150,49 @@ def run_ppo(c, workdir: str, *, sft_dir: str, evaluator: ExactEval, reward_dir: 
             beta: float = 0.0, combine: str = "mean", lam: float = 0.0) -> tuple[list[dict], float]:
   """PPO from the SFT model against the gold reward (reward_dir="") or a proxy; returns the
   exact eval rows (step, gold_reward, kl, proxy/<name>, ...) and the seconds taken."""
+  pc = c.ppo
+  ov = [("ppo.epochs", str(pc.epochs)), ("ppo.minibatches", str(pc.minibatches)),
+        ("critic.init_from_reward_model", "False")]
+  return _run_online(c, pc, "configs/ppo.py" + (":learned" if reward_dir else ""), ov,
+                     lambda config, s: ppo_stage.build(config, s, workdir), workdir,
+                     sft_dir=sft_dir, evaluator=evaluator, reward_dir=reward_dir, beta=beta,
+                     combine=combine, lam=lam)
+
+
+def run_grpo(c, workdir: str, *, sft_dir: str, evaluator: ExactEval, reward_dir: str = "",
+             beta: float = 0.0) -> tuple[list[dict], float]:
+  """GRPO (configs/grpo.py:enumerable, its KL term β·k3 in the loss) from the SFT model against
+  the gold reward (reward_dir="") or a proxy; returns what run_ppo does."""
+  gc = c.grpo
+  ov = [("pg.group_size", str(gc.group_size)), ("pg.minibatches", str(gc.minibatches)),
+        ("pg.epochs", "1")]
+  if reward_dir:
+    ov.append(("reward.source", "learned"))
+  return _run_online(c, gc, "configs/grpo.py:enumerable", ov, policy_gradient.build, workdir,
+                     sft_dir=sft_dir, evaluator=evaluator, reward_dir=reward_dir, beta=beta)
+
+
+def _run_online(c, rc, spec: str, stage_overrides, build, workdir: str, *, sft_dir: str,
+                evaluator: ExactEval, reward_dir: str, beta: float, combine: str = "mean",
+                lam: float = 0.0) -> tuple[list[dict], float]:
+  """An online-RL stage (`build(config, setup)`) run with `rc` (c.ppo or c.grpo: steps,
+  eval_every, lr, prompts_per_step), the stage's evaluation replaced by the exact one."""
   seconds = 0.0
   if not _done(workdir):
-    pc = c.ppo
     ov = base_overrides(c) + [
         ("init.from_workdir", sft_dir), ("kl.coef", str(beta)),
-        ("train.num_steps", str(pc.steps)), ("train.eval_every", str(pc.eval_every)),
-        ("train.log_every", str(pc.eval_every)), ("train.checkpoint_every", str(pc.steps)),
-        ("optimizer.lr", str(pc.lr)), ("rl.prompts_per_step", str(pc.prompts_per_step)),
-        ("ppo.epochs", str(pc.epochs)), ("ppo.minibatches", str(pc.minibatches)),
-        ("critic.init_from_reward_model", "False"),
+        ("train.num_steps", str(rc.steps)), ("train.eval_every", str(rc.eval_every)),
+        ("train.log_every", str(rc.eval_every)), ("train.checkpoint_every", str(rc.steps)),
+        ("optimizer.lr", str(rc.lr)), ("rl.prompts_per_step", str(rc.prompts_per_step)),
+        *stage_overrides,
         ("eval.exact_prompts", "1")]   # the stage's own evaluator is replaced below
     if reward_dir:
       ov += [("reward.from_workdir", reward_dir), ("reward.ensemble_combine", combine),
              ("reward.ensemble_lambda", str(lam))]
-    config = stage_config("configs/ppo.py" + (":learned" if reward_dir else ""), ov)
+    config = stage_config(spec, ov)
     t0 = time.perf_counter()
     s = online.setup(config, workdir)
-    built = ppo_stage.build(config, s, workdir)
+    built = build(config, s)
     built = dataclasses.replace(built, evaluate=lambda st: evaluator(built.export_params(st.params)))
     online.run(config, workdir, s, built)
     seconds = time.perf_counter() - t0

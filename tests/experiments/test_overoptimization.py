@@ -57,7 +57,8 @@ def test_result_files_have_every_method_and_proxy(results):
   methods = {(r["method"], r["target"]) for r in curves}
   for want in [("bon", "gold"), ("bon", "xs_p1024"), ("bon", "ens2_xs_p1024:worst_case"),
                ("kl_opt", "s_p256"), ("ppo", "gold"), ("ppo", "xs_p1024"),
-               ("ppo", "ens2_xs_p1024:worst_case"), ("dpo", "pairs"), ("ipo", "pairs")]:
+               ("ppo", "ens2_xs_p1024:worst_case"), ("grpo", "gold"), ("grpo", "xs_p1024"),
+               ("dpo", "pairs"), ("ipo", "pairs")]:
     assert want in methods, want
   for r in curves:
     assert math.isfinite(r["gold"]) and r["kl"] >= -1e-9 and r["d"] == pytest.approx(math.sqrt(max(r["kl"], 0)))
@@ -65,7 +66,8 @@ def test_result_files_have_every_method_and_proxy(results):
   assert ppo_betas == {0.0, 0.1}
   config = json.load(open(root / "results" / "config.json"))
   assert config["spec"] == "configs/overoptimization.py:test"
-  assert set(summary["runtimes"]) >= {"proxies", "best_of_n", "ppo", "direct_alignment", "total"}
+  assert set(summary["runtimes"]) >= {"proxies", "best_of_n", "ppo", "grpo", "direct_alignment",
+                                      "total"}
 
 
 def test_best_of_n_is_exact_and_the_estimator_agrees(results):
@@ -93,14 +95,18 @@ def test_best_of_n_is_exact_and_the_estimator_agrees(results):
 def test_ppo_and_direct_alignment_move_away_from_the_reference(results):
   root, summary = results
   curves = driver.curves_by_run(_read(root, "curves.jsonl"))
-  for run_id in ("ppo/gold/beta=0", "ppo/xs_p1024/beta=0", "dpo/beta=0.5", "ipo/beta=0.5"):
+  for run_id in ("ppo/gold/beta=0", "ppo/xs_p1024/beta=0", "grpo/gold/beta=0",
+                 "grpo/xs_p1024/beta=0", "dpo/beta=0.5", "ipo/beta=0.5"):
     pts = sorted(curves[run_id], key=lambda p: p["step"])
     assert pts[0]["step"] == 0 and pts[0]["kl"] == pytest.approx(0.0, abs=1e-6)
     assert pts[-1]["kl"] > 0.01, (run_id, pts[-1])
-  gold_run = sorted(curves["ppo/gold/beta=0"], key=lambda p: p["step"])
-  assert gold_run[-1]["gold"] > gold_run[0]["gold"]
+  for method in ("ppo", "grpo"):
+    gold_run = sorted(curves[f"{method}/gold/beta=0"], key=lambda p: p["step"])
+    assert gold_run[-1]["gold"] > gold_run[0]["gold"], method
+    # evaluated every c.grpo.eval_every / c.ppo.eval_every iterations, the start included
+    assert [p["step"] for p in gold_run] == [0, 2, 4], gold_run
   acc = summary["acceptance"]
-  for key in ("bon_proxy", "bon_gold", "ppo_proxy", "ppo_gold"):
+  for key in ("bon_proxy", "bon_gold", "ppo_proxy", "ppo_gold", "grpo_proxy", "grpo_gold"):
     assert {"gold_peak", "final_over_peak", "fit_r2"} <= set(acc[key]), key
 
 
@@ -108,7 +114,8 @@ def test_fits_cover_every_curve_with_both_forms(results):
   root, summary = results
   fit_rows = _read(root, "fits.jsonl")
   runs_with_fits = {f["run"] for f in fit_rows}
-  assert {"bon/xs_p1024", "ppo/xs_p1024/beta=0", "kl_opt/gold", "dpo/beta=0.5"} <= runs_with_fits
+  assert {"bon/xs_p1024", "ppo/xs_p1024/beta=0", "grpo/xs_p1024/beta=0", "kl_opt/gold",
+          "dpo/beta=0.5"} <= runs_with_fits
   for f in fit_rows:
     assert f["form"] in ("bon", "rl") and (f["r2"] is None or f["r2"] <= 1.0 + 1e-9)
   assert {"size", "data"} <= set(summary["trends"]["bon"])
