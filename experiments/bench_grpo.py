@@ -76,7 +76,8 @@ def setup(bench, cfg, a, tmp: str, optimizer: dict) -> types.SimpleNamespace:
       f.write(json.dumps({"prompt": " ".join(word(int(i)) for i in row)}) + "\n")
   overrides = [
       ("init.from_workdir", os.path.join(tmp, "init")), ("data.source", "files"),
-      ("data.path", os.path.join(tmp, "prompts.jsonl")), ("data.data_dir", os.path.join(tmp, "data")),
+      ("data.path", os.path.join(tmp, "prompts.jsonl")),
+      ("data.data_dir", os.path.join(tmp, "data")),
       ("data.prompt_len", str(p)), ("data.completion_len", str(t)),
       ("reward.source", "functions"), ("reward.functions", REWARD),
       ("rl.prompts_per_step", str(n)), ("pg.group_size", str(g)), ("pg.minibatches", "1"),

@@ -429,8 +429,8 @@ def main(argv=None) -> int:
     src = "measured float32 matmul" if dev.platform == "cpu" else "spec"
     print(f"\n{a.dtype}, AdamW; median of {a.rounds} rounds x {a.steps} steps after {a.warmup} "
           f"warm-up; MFU of {(peak or 0) / 1e9:.1f} GFLOP/s ({src}); tokens: sft B S, rm/dpo "
-          f"2 B S, grpo B (P + T)" + ("" if a.ours_only else f"; TRL/ours > 1: ours faster; torch {a.threads} "
-                      "threads"))
+          f"2 B S, grpo B (P + T)"
+          + ("" if a.ours_only else f"; TRL/ours > 1: ours faster; torch {a.threads} threads"))
     print(OURS_HEADER if a.ours_only else HEADER)
     for r in rows:
       print(line(r, a.ours_only))

@@ -141,8 +141,9 @@ def make_trainer(spec: dict, data: dict, tok, out_dir: str):
     ds = datasets.Dataset.from_dict({"prompt": [" ".join(word(int(i)) for i in [1, *r])
                                                 for r in b["prompt_tokens"][:, 1:]]})
     args = train_args(  # spec["batch"]: prompts per step x g rows
-        "grpo", spec, out_dir, num_generations=g, max_completion_length=spec["new_tokens"], beta=spec["beta"],
-        temperature=1.0, top_p=1.0, top_k=0, num_iterations=1, steps_per_generation=1,
+        "grpo", spec, out_dir, num_generations=g, max_completion_length=spec["new_tokens"],
+        beta=spec["beta"], temperature=1.0, top_p=1.0, top_k=0, num_iterations=1,
+        steps_per_generation=1,
         generation_kwargs={"min_new_tokens": spec["new_tokens"]}, log_completions=False)
     # TRL builds the reference model (beta > 0) from the policy's checkpoint path: save it
     policy.save_pretrained(os.path.join(out_dir, "policy"))

@@ -38,9 +38,9 @@ _log = logging.getLogger(__name__)
 def paper_form(row: dict) -> str:
   """The functional form (fits.FORMS) the literature fits to a curve like `row`'s: best-of-n
   the quadratic R_bon (Gao et al. 2022, eq. 1); RL (PPO, GRPO, the exact KL optimum) R_RL
-  (eq. 2); and every direct-alignment loss, whatever its name (its rows are of kind "direct"), R_RL as well,
-  as Rafailov et al. 2024 ("Scaling Laws for Reward Model Overoptimization in Direct Alignment
-  Algorithms") fit their training trajectories."""
+  (eq. 2); and every direct-alignment loss, whatever its name (its rows are of kind "direct"),
+  R_RL as well, as Rafailov et al. 2024 ("Scaling Laws for Reward Model Overoptimization in
+  Direct Alignment Algorithms") fit their training trajectories."""
   if row["method"] == "bon":
     return "bon"
   if row["method"] in ("kl_opt", "ppo", "grpo") or row.get("kind") == "direct":
@@ -302,9 +302,8 @@ def run(c, workdir: str, results_dir: str, *, config_spec: str = "", overrides=(
   ens = [n for n, (m, _) in targets.items() if m["kind"] == "ensemble"]
   plan += [(n, 0.0) for n in ens if targets[n][0]["combine"] in pc.ensemble_combines]
   online_runs("ppo", plan, runs.run_ppo)
-  gc = c.grpo
-  online_runs("grpo", ([("gold", 0.0)] if gc.gold else []) + [(accept, float(b))
-                                                             for b in gc.betas], runs.run_grpo)
+  grpo_plan = [("gold", 0.0)] if c.grpo.gold else []
+  online_runs("grpo", grpo_plan + [(accept, float(b)) for b in c.grpo.betas], runs.run_grpo)
 
   # 6. Direct alignment.
   t0 = time.perf_counter()

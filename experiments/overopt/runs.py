@@ -193,7 +193,8 @@ def _run_online(c, rc, spec: str, stage_overrides, build, workdir: str, *, sft_d
     t0 = time.perf_counter()
     s = online.setup(config, workdir)
     built = build(config, s)
-    built = dataclasses.replace(built, evaluate=lambda st: evaluator(built.export_params(st.params)))
+    built = dataclasses.replace(built,
+                                evaluate=lambda st: evaluator(built.export_params(st.params)))
     online.run(config, workdir, s, built)
     seconds = time.perf_counter() - t0
   return _eval_rows(workdir), seconds
