@@ -30,7 +30,8 @@ for key, value in xla.env(8).items():
     os.environ.setdefault(key, value)
 
 
-# Worker-seconds per file on 2 cores (pytest --durations=0), slowest first.
+# Worker-seconds per file on a 2-core Zen 3 (pytest --durations=0; about half that on a Zen 4),
+# slowest first.
 SLOWEST_FIRST = (
     "stages/test_arithmetic_rl.py",           # ~920 s (15 min: the suite's critical path)
     "experiments/test_overoptimization.py",   # ~220 s
