@@ -38,7 +38,7 @@ from rlhf_jax.stages import online, policy_gradient
 from rlhf_jax.train import export, loop, state as state_lib
 
 from experiments.bench_generation import flat_weights
-from experiments.trl_stage_worker import SPECIALS, word
+from experiments.trl_stage_worker import SPECIALS, word, word_level
 
 REWARD = "experiments.trl_stage_worker:token_reward"
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
@@ -46,14 +46,9 @@ CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 
 
 def write_tokenizer(directory: str, vocab: int) -> None:
-  """tokenizer.json (word level, whitespace split) and the special tokens' names."""
-  import tokenizers  # pylint: disable=g-import-not-at-top
-
-  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(
-      {word(i): i for i in range(vocab)}, unk_token="<unk>"))
-  tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+  """tokenizer.json (the TRL worker's word-level tokenizer) and the special tokens' names."""
   os.makedirs(directory, exist_ok=True)
-  tok.save(os.path.join(directory, "tokenizer.json"))
+  word_level(vocab).save(os.path.join(directory, "tokenizer.json"))
   with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
     json.dump(dict(zip(("pad_token", "bos_token", "eos_token", "unk_token"), SPECIALS)), f)
 
@@ -62,9 +57,8 @@ def setup(bench, cfg, a, tmp: str, optimizer: dict) -> types.SimpleNamespace:
   """The stage's iteration on our random-init weights (seed 0): call() runs one; data holds the
   weights and the prompt ids for the TRL worker."""
   p, t, g, n = a.prompt_len, a.grpo_new_tokens, a.grpo_group, a.grpo_prompts_per_step
-  graphdef, params = state_lib.init_params(lambda rngs: Transformer(cfg, rngs=rngs), bench.mesh,
-                                           bench.rules, seed=0)
-  del graphdef
+  _, params = state_lib.init_params(lambda rngs: Transformer(cfg, rngs=rngs), bench.mesh,
+                                    bench.rules, seed=0)
   tok_dir = os.path.join(tmp, "tokenizer")
   write_tokenizer(tok_dir, cfg.vocab_size)
   export.save(os.path.join(tmp, "init"), params, kind="lm", model_config=cfg,

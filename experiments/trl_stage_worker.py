@@ -62,13 +62,20 @@ def token_reward(prompts, completions, **_) -> list[float]:
   return out
 
 
-def make_tokenizer(vocab: int):
+def word_level(vocab: int):
+  """A `tokenizers.Tokenizer` mapping the word "t<id>" (or a special token's name) to id."""
   import tokenizers
-  import transformers
 
   tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(
       {word(i): i for i in range(vocab)}, unk_token="<unk>"))
   tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+  return tok
+
+
+def make_tokenizer(vocab: int):
+  import transformers
+
+  tok = word_level(vocab)
   return transformers.PreTrainedTokenizerFast(
       tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
       unk_token="<unk>")
