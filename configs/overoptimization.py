@@ -18,7 +18,7 @@ from rlhf_jax.train import dpo as dpo_steps
 
 VARIANTS = {
     "quick": "a ≤ 10 minute look on 2 CPU cores: every proxy and PPO run of the claims table at "
-             "half the PPO iterations; DPO, IPO and SimPO at one β",
+             "half the PPO iterations, GRPO as in the full run; DPO, IPO and SimPO at one β",
     "test": "a ≤ 3 minute version for tests: fewer proxies, steps and runs",
 }
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 import types
 
 import jax
@@ -54,8 +55,11 @@ def write_tokenizer(directory: str, vocab: int) -> None:
 
 
 def setup(bench, cfg, a, tmp: str, optimizer: dict) -> types.SimpleNamespace:
-  """The stage's iteration on our random-init weights (seed 0): call() runs one; data holds the
-  weights and the prompt ids for the TRL worker."""
+  """The stage's iteration on our random-init weights (seed 0), as bench_stages.setup_ours
+  returns a step: call() runs one (`a.warmup` already run), loss is the first one's, data holds
+  the weights and the prompt ids for the TRL worker, rows x seq the rollout's shape, setup_s the
+  time to build and compile."""
+  start = time.perf_counter()
   p, t, g, n = a.prompt_len, a.grpo_new_tokens, a.grpo_group, a.grpo_prompts_per_step
   _, params = state_lib.init_params(lambda rngs: Transformer(cfg, rngs=rngs), bench.mesh,
                                     bench.rules, seed=0)
@@ -96,8 +100,11 @@ def setup(bench, cfg, a, tmp: str, optimizer: dict) -> types.SimpleNamespace:
     return box[0], metrics
 
   _, metrics = call()  # compiles every piece
-  flops = built.iteration.last_flops
+  setup_s = time.perf_counter() - start
+  for _ in range(a.warmup - 1):
+    call()
   data = flat_weights(params, "w:")
   data["b:prompt_tokens"] = np.asarray(jax.device_get(batch["prompt_tokens"]))
   return types.SimpleNamespace(call=call, loss=float(metrics["loss"]), data=data, batch=None,
-                               tokens=n * g * (p + t), flops=flops, metrics=metrics)
+                               rows=n * g, seq=p + t, tokens=n * g * (p + t),
+                               flops=built.iteration.last_flops, setup_s=setup_s)

@@ -180,8 +180,8 @@ def setup_ours(bench: Bench, stage: str, cfg, a) -> types.SimpleNamespace:
   loss = float(metrics["loss"])  # the first step's loss: computed before its update
   for _ in range(a.warmup - 1):
     jax.block_until_ready(call())
-  return types.SimpleNamespace(call=call, loss=loss, data=data, batch=batch, tokens=tokens,
-                               flops=model_flops, setup_s=setup_s)
+  return types.SimpleNamespace(call=call, loss=loss, data=data, batch=batch, rows=b, seq=s,
+                               tokens=tokens, flops=model_flops, setup_s=setup_s)
 
 
 # ------------------------------------------------------------------------------ TRL worker
@@ -223,16 +223,9 @@ def bench_stage(bench: Bench, stage: str, preset: str, a, peak) -> dict:
 
 def _bench_stage(bench: Bench, stage: str, preset: str, a, peak, tmp: str) -> dict:
   cfg = get_model_config(preset, vocab_size=a.vocab, dtype=a.dtype)
-  if stage == "grpo":
-    start = time.perf_counter()
-    ours = bench_grpo.setup(bench, cfg, a, tmp, OPTIMIZER)
-    ours.setup_s = time.perf_counter() - start
-    for _ in range(a.warmup - 1):
-      ours.call()
-    rows, seq = a.grpo_prompts_per_step * a.grpo_group, a.prompt_len + a.grpo_new_tokens
-  else:
-    ours, rows, seq = setup_ours(bench, stage, cfg, a), a.batch, a.seq
-  row = dict(stage=stage, preset=preset, B=rows, S=seq, tokens=ours.tokens,
+  ours = (bench_grpo.setup(bench, cfg, a, tmp, OPTIMIZER) if stage == "grpo"
+          else setup_ours(bench, stage, cfg, a))
+  row = dict(stage=stage, preset=preset, B=ours.rows, S=ours.seq, tokens=ours.tokens,
              flops=ours.flops, setup_s=ours.setup_s, loss_ours=ours.loss)
   ours_t, trl_t, ratios = [], [], []
   if a.ours_only:
@@ -240,7 +233,7 @@ def _bench_stage(bench: Bench, stage: str, preset: str, a, peak, tmp: str) -> di
       ours_t += median_time(ours.call, a.steps)[1]
   else:
     spec = dict(stage=stage, preset=preset, vocab=a.vocab, threads=a.threads, warmup=a.warmup,
-                batch=rows, prompt_len=a.prompt_len, max_steps=SCHEDULE_STEPS,
+                batch=ours.rows, prompt_len=a.prompt_len, max_steps=SCHEDULE_STEPS,
                 optimizer=OPTIMIZER, beta=a.grpo_beta if stage == "grpo" else DPO_LOSS.beta,
                 group=a.grpo_group, new_tokens=a.grpo_new_tokens)
     # the worker's files live in `tmp` beside ours
